@@ -1,0 +1,37 @@
+"""diffspeed: make diffusion models generate fast, and see what each speedup costs.
+
+The one contract is a denoiser ``D(x, sigma, **cond) -> x0_hat`` (VE convention). Adapters
+(:func:`wrap`, :func:`from_diffusers`, ...) turn models into denoisers; :func:`sample` runs
+any registered solver on any schedule.
+"""
+
+from diffspeed.core import (
+    Denoiser,
+    EDMDenoiser,
+    VEDenoiser,
+    from_diffusers,
+    guidance,
+    vp_continuous,
+    wrap,
+)
+from diffspeed.errors import DiffspeedError
+from diffspeed.solvers import NoiseSampler, sample, seeded_noise
+from diffspeed.solvers import schedules as schedules
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Denoiser",
+    "DiffspeedError",
+    "EDMDenoiser",
+    "NoiseSampler",
+    "VEDenoiser",
+    "__version__",
+    "from_diffusers",
+    "guidance",
+    "sample",
+    "schedules",
+    "seeded_noise",
+    "vp_continuous",
+    "wrap",
+]

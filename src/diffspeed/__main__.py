@@ -1,0 +1,7 @@
+"""``python -m diffspeed`` (also what ``accelerate launch -m diffspeed`` runs)."""
+
+import sys
+
+from diffspeed.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""Classifier-free guidance as a wrapper around any denoiser (Ho & Salimans 2022).
+
+``D_w(x) = D(x | uncond) + w * (D(x | cond) - D(x | uncond))``, cond and uncond batched into
+one forward of twice the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffspeed.core.denoiser import Denoiser
+from diffspeed.errors import ConfigError, ShapeError
+
+
+def _batch_of(value: Any, batch: int) -> Any:
+    """Broadcast an uncond value (scalar, batch-1 or batch-B tensor, nested dict) to ``batch``."""
+    if isinstance(value, dict):
+        return {k: _batch_of(v, batch) for k, v in value.items()}
+    t = torch.as_tensor(value)
+    if t.ndim == 0:
+        return t.expand(batch)
+    if t.shape[0] == 1 and batch != 1:
+        return t.expand(batch, *t.shape[1:])
+    if t.shape[0] != batch:
+        raise ShapeError(f"an uncond tensor has batch {t.shape[0]}; expected 1 or {batch}")
+    return t
+
+
+def _cat(a: Any, b: Any) -> Any:
+    if isinstance(a, dict):
+        return {k: _cat(a[k], b[k]) for k in a}
+    if a is None or isinstance(a, bool | str):
+        return a
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    return torch.cat([a, b.to(device=a.device, dtype=a.dtype)])
+
+
+class GuidedDenoiser(nn.Module):
+    """A denoiser with classifier-free guidance folded in (same contract as :class:`Denoiser`).
+
+    Args:
+        denoiser: the conditional denoiser.
+        scale: guidance weight ``w`` (1 = conditional only, 0 = unconditional only), a float or
+            a ``[B]`` tensor (one scale per sample).
+        uncond: for each conditioning key, the unconditional value: a scalar (e.g. the null
+            class label), a batch-1 tensor (e.g. empty-prompt embeddings) or a batch-B tensor.
+            Keys of ``cond`` not named here are passed identically to both halves.
+    """
+
+    def __init__(
+        self, denoiser: Denoiser, scale: float | torch.Tensor, uncond: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        if not isinstance(uncond, dict) or not uncond:
+            raise ConfigError(
+                "guidance needs uncond={key: value}, e.g. {'class_labels': null_label} or "
+                "{'encoder_hidden_states': empty_prompt_embeddings}"
+            )
+        self.inner = denoiser
+        self.scale = scale
+        self.uncond = uncond
+
+    # The contract's attributes come from the inner denoiser.
+    @property
+    def sigma_min(self) -> float:
+        return self.inner.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.inner.sigma_max
+
+    @property
+    def nfe(self) -> int:
+        return self.inner.nfe
+
+    def reset_nfe(self) -> None:
+        self.inner.reset_nfe()
+
+    def noise_scale(self, sigma: float) -> float:
+        return self.inner.noise_scale(sigma)
+
+    @property
+    def variance_preserving(self) -> bool:
+        return self.inner.variance_preserving
+
+    @property
+    def model(self) -> nn.Module | None:
+        return self.inner.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.dtype
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
+        """Guided ``x0_hat``: one forward of the inner denoiser on ``[cond; uncond]``."""
+        b = x.shape[0]
+        missing = [k for k in self.uncond if k not in cond]
+        if missing:
+            raise ConfigError(f"guidance: cond is missing {missing}, which uncond names")
+        sigma = self.inner.check_sigma(sigma, b)
+        cond_u = {
+            k: _batch_of(self.uncond[k], b) if k in self.uncond else v for k, v in cond.items()
+        }
+        both = {k: _cat(cond[k], cond_u[k]) for k in cond}
+        d_c, d_u = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), **both).chunk(2)
+        w = torch.as_tensor(self.scale, dtype=d_c.dtype, device=d_c.device)
+        if w.ndim == 1:
+            w = w.view(-1, *([1] * (x.ndim - 1)))
+        return d_u + w * (d_c - d_u)
+
+
+def guidance(
+    denoiser: Denoiser, scale: float | torch.Tensor, uncond: dict[str, Any]
+) -> GuidedDenoiser:
+    """Classifier-free guidance around ``denoiser``; see :class:`GuidedDenoiser`."""
+    return GuidedDenoiser(denoiser, scale, uncond)

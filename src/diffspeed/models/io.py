@@ -1,0 +1,132 @@
+"""Weights on disk: safetensors only (never pickle), config beside them, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from diffspeed.errors import WeightsError
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace`` (all or nothing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-able config (stored in weight files to catch mismatches)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_weights(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    config: dict[str, Any] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Save tensors as safetensors atomically; record the config hash (and ``metadata``)."""
+    meta = {"format": "pt", "diffspeed": "1", **(metadata or {})}
+    if config is not None:
+        meta["config_hash"] = config_hash(config)
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata=meta)
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors header (raises WeightsError if not safetensors)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def load_weights(
+    path: str | os.PathLike,
+    config: dict[str, Any] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; if ``config`` is given, refuse a file written for another one."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weight file {path} does not exist")
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(
+            f"{path} is not a valid safetensors file ({e}); diffspeed never unpickles "
+            "weights - convert .bin/.ckpt files with safetensors first"
+        ) from None
+    if config is not None:
+        want = config_hash(config)
+        got = read_metadata(path).get("config_hash")
+        if got is not None and got != want:
+            raise WeightsError(
+                f"{path} was written for a different config (hash {got}, expected {want}); "
+                "load it with the config it was saved with"
+            )
+    return tensors
+
+
+def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``tensors`` into ``module`` exactly, or raise WeightsError naming the mismatch."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    bad = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    if missing or extra or bad:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {missing[:3]}" if missing else "",
+                f"unexpected {extra[:3]}" if extra else "",
+                f"shape mismatch {bad[:3]}" if bad else "",
+            )
+            if part
+        )
+        raise WeightsError(f"{source} does not match the model's config: {detail}")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})

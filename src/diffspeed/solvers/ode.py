@@ -1,0 +1,78 @@
+"""Deterministic (probability-flow ODE) solvers in the VE convention.
+
+The ODE is ``dx/dsigma = (x - D(x, sigma)) / sigma`` (Karras et al. 2022, eq. 3 with
+``s(t) = 1``). Every solver: ``solve(denoiser, x, sigmas, *, cond, generator, callback) -> x``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from diffspeed.solvers.registry import register_solver
+
+
+def report(callback: Callable | None, i: int, x, denoised, sigma, sigma_next) -> None:
+    """Call a user callback with the state after step ``i`` (k-diffusion's dict form)."""
+    if callback is not None:
+        callback({"i": i, "x": x, "denoised": denoised, "sigma": sigma, "sigma_next": sigma_next})
+
+
+def sigma_batch(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A scalar float64 sigma as a ``[B]`` tensor on ``x``'s device."""
+    return sigma.to(x.device).expand(x.shape[0])
+
+
+@register_solver("euler", "ddim", order=1)
+def euler(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    cond: dict | None = None,
+    generator: Any = None,
+    callback: Callable | None = None,
+) -> torch.Tensor:
+    """Euler on the PF-ODE in VE form, which is exactly DDIM (Song et al. 2021, eq. 13).
+
+    ``x_next = x0_hat + sigma_next / sigma * (x - x0_hat)``.
+    """
+    cond = cond or {}
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        d = denoiser(x, sigma_batch(s, x), **cond)  # x0 estimate at sigma_i
+        x = d + (s_next / s).to(x.dtype) * (x - d)  # move along the straight line to sigma_next
+        report(callback, i, x, d, s, s_next)
+    return x
+
+
+@register_solver("heun", order=2, evals_per_step=2, saves_last_eval=True)
+def heun(
+    denoiser: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    cond: dict | None = None,
+    generator: Any = None,
+    callback: Callable | None = None,
+) -> torch.Tensor:
+    """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1, deterministic).
+
+    The step to sigma 0 is a plain Euler step (no second evaluation at sigma 0).
+    """
+    cond = cond or {}
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        d = denoiser(x, sigma_batch(s, x), **cond)
+        slope = (x - d) / s.to(x.dtype)  # dx/dsigma at sigma_i
+        x_euler = x + (s_next - s).to(x.dtype) * slope  # Euler predictor
+        if s_next == 0:
+            x = x_euler
+        else:
+            d2 = denoiser(x_euler, sigma_batch(s_next, x), **cond)
+            slope2 = (x_euler - d2) / s_next.to(x.dtype)  # slope at the predicted point
+            x = x + (s_next - s).to(x.dtype) * (slope + slope2) / 2  # trapezoidal corrector
+        report(callback, i, x, d, s, s_next)
+    return x
