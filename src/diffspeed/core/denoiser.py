@@ -102,7 +102,8 @@ class Denoiser(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """Floating dtype of the wrapped model's parameters (float32 when it has none)."""
+        """Floating dtype of the wrapped model's parameters (float32 when it has none; a plain
+        function without parameters is called in the input's dtype)."""
         if self.model is not None:
             for p in self.model.parameters():
                 if p.is_floating_point():
@@ -141,7 +142,7 @@ class Denoiser(nn.Module):
         s = self.check_sigma(sigma, x.shape[0]).to(device=x.device, dtype=torch.float64)
         c_skip, c_out, c_in, c_noise = (c.to(x.device) for c in self.scalings(s))
         view = (-1,) + (1,) * (x.ndim - 1)
-        mdtype = self.dtype
+        mdtype = self.dtype if self.model is not None else x.dtype
         x_in = (x.double() * c_in.view(view)).to(mdtype)
         out = network_output(self.net(x_in, c_noise.to(mdtype), **cond))
         self.nfe += 1

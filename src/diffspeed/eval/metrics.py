@@ -57,12 +57,11 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
         raise ShapeError("the Frechet distance needs at least 2 samples per set")
     mu1, mu2 = f1.mean(0), f2.mean(0)
     c1, c2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-    covmean, _ = linalg.sqrtm(c1 @ c2, disp=False)
-    if not np.isfinite(covmean).all():
-        eps = 1e-6 * np.eye(c1.shape[0])
-        covmean = linalg.sqrtm((c1 + eps) @ (c2 + eps))
-    covmean = np.real(covmean)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean))
+    # tr sqrt(C1 C2) = tr sqrt(S C2 S) with S = C1^(1/2): symmetric PSD, so eigh is stable
+    w, v = linalg.eigh(c1)
+    s1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr_covmean = np.sqrt(np.clip(linalg.eigvalsh(s1 @ c2 @ s1), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * tr_covmean)
 
 
 def kid(f1: np.ndarray, f2: np.ndarray, subsets: int = 20, subset_size: int = 200) -> float:

@@ -111,7 +111,9 @@ def load_teacher(
     cfg = json.loads(cfg_path.read_text())
     unet = build_unet(cfg["unet"])
     load_state_into(unet, load_weights(path, cfg), str(path))
-    unet.eval().requires_grad_(False).to(device=device, dtype=dtype)
+    unet.eval().requires_grad_(False).to(device=device)
+    if dtype != torch.float32:
+        unet.to(dtype=dtype)
     sched = build_scheduler(cfg["scheduler"])
     den = DiscreteVPDenoiser(unet, sched.alphas_cumprod, cfg["scheduler"]["prediction_type"])
     den.null_label = cfg.get("null_label", NULL_LABEL)
