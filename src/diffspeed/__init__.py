@@ -5,6 +5,7 @@ The one contract is a denoiser ``D(x, sigma, **cond) -> x0_hat`` (VE convention)
 any registered solver on any schedule.
 """
 
+from diffspeed.cache import apply_cache
 from diffspeed.core import (
     Denoiser,
     EDMDenoiser,
@@ -27,6 +28,7 @@ __all__ = [
     "NoiseSampler",
     "VEDenoiser",
     "__version__",
+    "apply_cache",
     "from_diffusers",
     "guidance",
     "sample",
