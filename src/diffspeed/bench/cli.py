@@ -1,0 +1,127 @@
+"""``diffspeed demo`` and ``diffspeed bench``: the speed-vs-quality bench from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from diffspeed.errors import ConfigError
+
+#: Settings that a command-line flag may override (flag name = key with dashes).
+_OVERRIDES = (
+    ("samples", int),
+    ("seed", int),
+    ("guidance", float),
+    ("batch_size", int),
+    ("warmup", int),
+    ("repeats", int),
+    ("timing_batch", int),
+    ("threads", int),
+)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--shape {text!r}: use C,H,W, e.g. 3,32,32") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--shape {text!r}: use three positive integers C,H,W")
+    return shape
+
+
+def _run(plan, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from diffspeed.bench.config import BenchPlan
+    from diffspeed.bench.report import rich_table
+    from diffspeed.bench.runner import ModelOptions, run_bench
+
+    over = {k: getattr(args, k) for k, _ in _OVERRIDES}
+    plan = BenchPlan(plan.settings.with_overrides(**over), plan.rows)
+    model = ModelOptions(
+        source=getattr(args, "model", None),
+        shape=_shape(args.shape) if getattr(args, "shape", None) else None,
+        classes=getattr(args, "classes", None),
+        null_label=getattr(args, "null_label", None),
+        device=getattr(args, "device", None),
+    )
+    results = run_bench(
+        plan, args.out, model=model, resume=not args.no_resume, progress=not args.no_progress
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=180)
+        console.print(rich_table(results))
+        console.print(f"report: {Path(args.out) / 'index.html'} (and report.md, results.json)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from diffspeed.bench.config import demo_plan
+
+    return _run(demo_plan(), args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from diffspeed.bench.config import BenchPlan, BenchSettings, load_plan, parse_row_arg
+
+    plan = load_plan(args.config) if args.config else BenchPlan(BenchSettings(), ())
+    rows = plan.rows + tuple(parse_row_arg(r) for r in args.row)
+    if not rows:
+        raise ConfigError("nothing to run: give a bench TOML file and/or --row KEY=VALUE,...")
+    names = [r.label for r in rows]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"duplicate row names {dupes}; give each row a unique name=...")
+    return _run(replace(plan, rows=rows), args)
+
+
+def _common(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--out", type=Path, default=Path(out), help="report folder")
+    for key, typ in _OVERRIDES:
+        p.add_argument("--" + key.replace("_", "-"), type=typ, default=None, help="override")
+    p.add_argument("--no-resume", action="store_true", help="recompute rows already finished")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``demo`` and ``bench``."""
+    p = sub.add_parser(
+        "demo",
+        help="run every method on the embedded teacher and write diffspeed-report/",
+        description="Every acceleration method of diffspeed on the embedded digits teacher, "
+        "timed and scored side by side (rows: diffspeed/bench/demo.toml).",
+    )
+    _common(p, "diffspeed-report")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmark configurations from a TOML file or --row",
+        description="Benchmark rows (solver, steps, schedule, guidance, cache, peer, student...) "
+        "on the embedded teacher or your model; finished rows are kept on re-runs.",
+    )
+    p.add_argument("config", nargs="?", type=Path, help="bench TOML ([settings], [[row]])")
+    p.add_argument(
+        "--row",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="a row, e.g. solver=heun,steps=5,schedule=karras or peer=UniPCMultistepScheduler,"
+        "steps=8 (repeatable)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="teacher .safetensors, diffusers folder (unet/ + scheduler/) or module:function",
+    )
+    p.add_argument("--shape", default=None, help="C,H,W of an image (import-path models)")
+    p.add_argument("--classes", type=int, default=None, help="number of class labels (0: none)")
+    p.add_argument("--null-label", type=int, default=None, help="unconditional label")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    _common(p, "diffspeed-report")
+    p.set_defaults(func=_bench)

@@ -1,0 +1,305 @@
+"""The bench report: ``report.md``, ``pareto.png``, ``grid.png``, ``index.html`` (one
+self-contained page, images embedded) and the terminal table (rich), all from ``results.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffspeed.bench.methods import FAMILIES
+from diffspeed.models.io import atomic_write_bytes, load_weights
+
+#: Colours of the method families in the plot and the page.
+FAMILY_COLORS = {
+    "solver": "#1f77b4",
+    "peer": "#7f7f7f",
+    "cache": "#2ca02c",
+    "student": "#d62728",
+    "compress": "#9467bd",
+    "other": "#8c564b",
+}
+
+#: (header, key, format) of the table columns; None values print as "-".
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("method", "name", "{}"),
+    ("family", "family", "{}"),
+    ("NFE", "nfe", "{}"),
+    ("rounds", "rounds", "{}"),
+    ("ms/img", "latency_ms", "{:.2f}"),
+    ("speedup", "speedup", "{:.2f}x"),
+    ("FDD", "fdd", "{:.3f}"),
+    ("FDD/ref", "fdd_vs_reference", "{:.2f}"),
+    ("KIDx1e3", "kid_e3", "{:.2f}"),
+    ("acc %", "accuracy_pct", "{:.1f}"),
+    ("PSNR dB", "psnr", "{:.2f}"),
+    ("RMSE", "rmse", "{:.4f}"),
+    ("peak MB", "peak_mb", "{:.2f}"),
+    ("size MB", "size_mb", "{:.2f}"),
+)
+
+
+def _derived(rec: dict[str, Any]) -> dict[str, Any]:
+    d = dict(rec)
+    d["latency_ms"] = rec["latency_s"] * 1e3
+    d["kid_e3"] = rec["kid"] * 1e3 if rec.get("kid") is not None else None
+    d["accuracy_pct"] = rec["accuracy"] * 100 if rec.get("accuracy") is not None else None
+    mem = rec.get("peak_mem_bytes")
+    d["peak_mb"] = mem / 2**20 if mem is not None else None
+    d["size_mb"] = rec["model_size_bytes"] / 2**20
+    return d
+
+
+def ordered_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows in run order (rows not in this run's order are left out)."""
+    return [_derived(results["rows"][n]) for n in results["order"] if n in results["rows"]]
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def table_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells of the results table."""
+    header = [c[0] for c in COLUMNS]
+    body = [[_cell(r.get(key), fmt) for _, key, fmt in COLUMNS] for r in ordered_rows(results)]
+    return header, body
+
+
+def quality_key(results: dict[str, Any]) -> str:
+    """The plot's quality axis: FDD when the model is a digits model, else RMSE."""
+    return "fdd" if all(r.get("fdd") is not None for r in results["rows"].values()) else "rmse"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower is better), by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], math.inf
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(results: dict[str, Any], path: Path) -> Path:
+    """FDD (or RMSE) against latency per image (log x); the Pareto front drawn and labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    rows = ordered_rows(results)
+    key = quality_key(results)
+    pts = [(r["latency_ms"], r[key]) for r in rows]
+    front = pareto_front(pts)
+    fig, ax = plt.subplots(figsize=(9, 5.6))
+    for fam in FAMILIES:
+        idx = [i for i, r in enumerate(rows) if r["family"] == fam]
+        if idx:
+            ax.scatter(
+                [pts[i][0] for i in idx],
+                [pts[i][1] for i in idx],
+                s=36,
+                color=FAMILY_COLORS[fam],
+                label=fam,
+                zorder=3,
+                edgecolor="white",
+                linewidth=0.5,
+            )
+    fx = [pts[i][0] for i in front]
+    fy = [pts[i][1] for i in front]
+    ax.step(fx, fy, where="post", color="black", lw=1.2, alpha=0.7, label="Pareto front", zorder=2)
+    base = results.get("baseline")
+    for i, r in enumerate(rows):
+        on_front = i in front
+        ax.annotate(
+            r["name"],
+            pts[i],
+            xytext=(4, 3),
+            textcoords="offset points",
+            fontsize=7.5 if on_front else 6,
+            fontweight="bold" if on_front else "normal",
+            color="black" if on_front else "#666666",
+        )
+        if r["name"] == base:
+            ax.scatter([pts[i][0]], [pts[i][1]], s=160, facecolor="none", edgecolor="black")
+    ref = results.get("reference", {}).get(key)
+    if ref is not None and key == "fdd":
+        ax.axhline(ref, color="#999999", ls="--", lw=1, label="reference sampler's FDD")
+    ax.set_xscale("log")
+    if key == "fdd":
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("latency per image (ms, log scale)")
+    ylabel = "FDD" if key == "fdd" else "RMSE vs reference"
+    ax.set_ylabel(f"{ylabel} (lower is better)")
+    m = results.get("manifest", {})
+    ax.set_title(
+        f"speed vs quality — {m.get('device_name', '')}, {m.get('torch_threads', '?')} threads",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="best", framealpha=0.8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_grid(results: dict[str, Any], out: Path, path: Path) -> Path:
+    """The same noises and labels through each method, one labelled row per method."""
+    from diffspeed.eval.images import save_grid
+
+    n = int(results.get("settings", {}).get("grid", 10))
+    rows = ordered_rows(results)
+    ref = results.get("reference", {})
+    images = [load_weights(out / ref["samples_file"])["samples"][:n]]
+    labels = [f"reference: {ref.get('solver')}-{ref.get('steps')}"]
+    for r in rows:
+        x = load_weights(out / r["samples_file"])["samples"][:n]
+        images.append(x)
+        labels.append(f"{r['name']} ({r['nfe']} NFE)")
+    x = torch.cat(images)
+    if x.ndim != 4 or x.shape[1] != 1:
+        x = x.mean(1, keepdim=True)
+    save_grid(x, path, nrow=n, row_labels=labels, scale=0.32)
+    return path
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The results table in GitHub markdown."""
+    header, body = table_cells(results)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _summary_lines(results: dict[str, Any]) -> list[str]:
+    m = results.get("manifest", {})
+    s = results.get("settings", {})
+    ref = results.get("reference", {})
+    v = m.get("versions", {})
+    git = m.get("git", {})
+    out = [
+        f"- {s.get('samples')} samples per row (seed {s.get('seed')}, class-balanced labels), "
+        f"guidance {s.get('guidance')}, quality batches of {s.get('batch_size')}",
+        f"- latency: {s.get('warmup')} warm-up + median of {s.get('repeats')} runs of a batch of "
+        f"{s.get('timing_batch')}, {m.get('torch_threads')} torch threads, "
+        f"{m.get('device')} ({m.get('device_name')}), {m.get('processes')} process(es)",
+        f"- speedup is relative to `{results.get('baseline')}` measured in the same run",
+        f"- fidelity reference: {ref.get('solver')} {ref.get('steps')} steps "
+        f"{ref.get('schedule')} (digest {ref.get('digest')})"
+        + (f", its FDD {ref['fdd']:.3f}" if ref.get("fdd") is not None else ""),
+        f"- torch {v.get('torch')}, diffusers {v.get('diffusers')}, diffspeed "
+        f"{v.get('diffspeed')}, commit {str(git.get('commit'))[:10]}"
+        + (" (dirty)" if git.get("dirty") else "")
+        + f", {m.get('date_utc')}",
+    ]
+    return out
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> Path:
+    """``report.md``: the table, the run's settings, links to the figures."""
+    text = "\n".join(
+        [
+            "# diffspeed bench report",
+            "",
+            markdown_table(results),
+            "",
+            *_summary_lines(results),
+            "",
+            "![speed vs quality](pareto.png)",
+            "",
+            "![same noise through each method](grid.png)",
+            "",
+        ]
+    )
+    atomic_write_bytes(path, text.encode())
+    return path
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:12px 0}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}
+tr.front td:first-child{font-weight:bold}
+.fam{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:5px}
+img{max-width:100%;border:1px solid #eee}ul{font-size:13px;color:#444}
+"""
+
+
+def write_html(results: dict[str, Any], out: Path, pareto: Path, grid: Path) -> Path:
+    """``index.html``: one self-contained page (images embedded as base64), readable offline."""
+    header, body = table_cells(results)
+    rows = ordered_rows(results)
+    key = quality_key(results)
+    front = set(pareto_front([(r["latency_ms"], r[key]) for r in rows]))
+    trs = []
+    for i, (r, cells) in enumerate(zip(rows, body, strict=True)):
+        color = FAMILY_COLORS.get(r["family"], "#000")
+        tds = [f'<td><span class="fam" style="background:{color}"></span>{html.escape(cells[0])}']
+        tds += [f"<td>{html.escape(c)}</td>" for c in cells[1:]]
+        trs.append(f'<tr class="{"front" if i in front else ""}">' + "".join(tds) + "</tr>")
+    summary = "".join(f"<li>{html.escape(line[2:])}</li>" for line in _summary_lines(results))
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>diffspeed bench report</title>
+<style>{_CSS}</style></head><body>
+<h1>diffspeed bench report</h1>
+<ul>{summary}</ul>
+<h2>Results</h2>
+<table id="results"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in header)}</tr></thead>
+<tbody>{"".join(trs)}</tbody></table>
+<p>Bold rows are on the Pareto front (no other row is both faster and better).</p>
+<h2>Speed vs quality</h2>
+<img id="pareto" alt="Pareto plot: quality against latency"
+ src="data:image/png;base64,{_b64(pareto)}">
+<h2>Same noise and label through each method</h2>
+<img id="grid" alt="sample grid, one row per method"
+ src="data:image/png;base64,{_b64(grid)}">
+</body></html>
+"""
+    path = out / "index.html"
+    atomic_write_bytes(path, page.encode())
+    return path
+
+
+def write_report(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``pareto.png``, ``grid.png`` and ``index.html`` under ``out``."""
+    out = Path(out)
+    pareto = plot_pareto(results, out / "pareto.png")
+    grid = plot_grid(results, out, out / "grid.png")
+    return {
+        "report.md": write_markdown(results, out / "report.md"),
+        "pareto.png": pareto,
+        "grid.png": grid,
+        "index.html": write_html(results, out, pareto, grid),
+    }
+
+
+def rich_table(results: dict[str, Any]) -> Any:
+    """The results as a ``rich.table.Table`` for the terminal."""
+    from rich.table import Table
+
+    header, body = table_cells(results)
+    t = Table(title="diffspeed bench", header_style="bold")
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i < 2 else "right")
+    for cells in body:
+        t.add_row(*cells)
+    return t
