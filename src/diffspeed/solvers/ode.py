@@ -1,4 +1,4 @@
-"""Deterministic (probability-flow ODE) solvers in the VE convention.
+"""First- and second-order probability-flow ODE solvers in the VE convention.
 
 The ODE is ``dx/dsigma = (x - D(x, sigma)) / sigma`` (Karras et al. 2022, eq. 3 with
 ``s(t) = 1``). Every solver: ``solve(denoiser, x, sigmas, *, cond, generator, callback) -> x``.
@@ -11,18 +11,8 @@ from typing import Any
 
 import torch
 
+from diffspeed.solvers.base import report, sigma_batch
 from diffspeed.solvers.registry import register_solver
-
-
-def report(callback: Callable | None, i: int, x, denoised, sigma, sigma_next) -> None:
-    """Call a user callback with the state after step ``i`` (k-diffusion's dict form)."""
-    if callback is not None:
-        callback({"i": i, "x": x, "denoised": denoised, "sigma": sigma, "sigma_next": sigma_next})
-
-
-def sigma_batch(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A scalar float64 sigma as a ``[B]`` tensor on ``x``'s device."""
-    return sigma.to(x.device).expand(x.shape[0])
 
 
 @register_solver("euler", "ddim", order=1)

@@ -19,6 +19,7 @@ class SolverSpec:
         evals_per_step: network evaluations per step (for NFE <-> steps conversion).
         saves_last_eval: the step to sigma 0 costs one evaluation less (e.g. Heun's last step
             is Euler, so NFE = 2 * steps - 1).
+        extra_evals: evaluations a run costs beyond that (PNDM's pseudo first step: 1).
     """
 
     fn: Callable
@@ -26,14 +27,15 @@ class SolverSpec:
     stochastic: bool = False
     evals_per_step: int = 1
     saves_last_eval: bool = False
+    extra_evals: int = 0
 
     def nfe(self, steps: int) -> int:
         """Network evaluations of a run of ``steps`` steps ending at sigma 0."""
-        return steps * self.evals_per_step - (1 if self.saves_last_eval else 0)
+        return steps * self.evals_per_step - (1 if self.saves_last_eval else 0) + self.extra_evals
 
     def steps_for_nfe(self, nfe: int) -> int:
         """The largest step count whose run costs at most ``nfe`` evaluations (>= 1)."""
-        extra = 1 if self.saves_last_eval else 0
+        extra = (1 if self.saves_last_eval else 0) - self.extra_evals
         return max(1, (nfe + extra) // self.evals_per_step)
 
 
@@ -48,11 +50,12 @@ def register_solver(
     stochastic: bool = False,
     evals_per_step: int = 1,
     saves_last_eval: bool = False,
+    extra_evals: int = 0,
 ) -> Callable[[Callable], Callable]:
     """Decorator: register a solver function under ``name`` with its description."""
 
     def deco(fn: Callable) -> Callable:
-        spec = SolverSpec(fn, order, stochastic, evals_per_step, saves_last_eval)
+        spec = SolverSpec(fn, order, stochastic, evals_per_step, saves_last_eval, extra_evals)
         SOLVERS.register(name, *aliases)(spec)
         return fn
 
