@@ -341,7 +341,9 @@ def _state() -> Any:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        return PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true")
+        # without an accelerator, accelerate only forms a CPU (gloo) group when told cpu=True
+        cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+        return PartialState(cpu=cpu or not torch.cuda.is_available())
     return _Single()
 
 

@@ -1,0 +1,119 @@
+"""The bench runner: every number of every row, the report files, plug-in row kinds, peers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diffspeed.bench import BenchContext, Row, register_method
+from diffspeed.bench.config import BenchPlan, BenchSettings
+from diffspeed.bench.methods import METHODS, build_generator
+from diffspeed.bench.report import pareto_front
+from diffspeed.bench.runner import ModelOptions, load_model, run_bench
+from diffspeed.models.io import load_weights
+
+
+def test_results_hold_every_number(tiny_report):
+    out, res = tiny_report
+    assert res["order"] == ["ddim-4", "ddim-3", "dpm++2m-3 (diffusers)"]
+    assert res["baseline"] == "ddim-4"
+    rows = res["rows"]
+    assert [rows[n]["nfe"] for n in res["order"]] == [4, 3, 3]
+    assert rows["ddim-4"]["speedup"] == 1.0
+    assert rows["dpm++2m-3 (diffusers)"]["family"] == "peer"
+    for rec in rows.values():
+        for key in ("latency_s", "fdd", "kid", "accuracy", "psnr", "rmse", "speedup"):
+            assert math.isfinite(rec[key]), (rec["name"], key)
+        assert rec["latency_s"] > 0 and rec["model_size_bytes"] > 1_000_000
+        assert rec["peak_mem_bytes"] is not None and rec["timing"]["batch"] == 1
+        x = load_weights(out / rec["samples_file"])["samples"]
+        assert x.shape == (20, 1, 8, 8)
+    m = res["manifest"]
+    for key in ("versions", "torch_threads", "device", "seeds", "git", "reference_digest"):
+        assert key in m
+    assert m["torch_threads"] == 1 and m["versions"]["torch"] == torch.__version__
+    assert res["reference"]["digest"] == m["reference_digest"]
+    for name in ("report.md", "pareto.png", "grid.png", "index.html", "results.json"):
+        assert (out / name).stat().st_size > 500, name
+    md = (out / "report.md").read_text()
+    assert "| method | family | NFE |" in md and "dpm++2m-3 (diffusers)" in md
+
+
+def test_peer_ddim_matches_diffspeed_ddim():
+    """A diffusers scheduler is driven on the same denoiser and the same noise: DDIM with
+    trailing spacing and no clipping is the same algorithm as diffspeed's ddim."""
+    ctx = load_model(ModelOptions(), 2.0, torch.device("cpu"))
+    noise = torch.randn(6, 1, 8, 8)
+    y = torch.arange(6)
+    a = build_generator(Row(solver="ddim", steps=5), ctx).generate(noise, y, list(range(6)))
+    peer = Row(
+        peer="DDIMScheduler",
+        steps=5,
+        options={"timestep_spacing": "trailing", "clip_sample": False},
+    )
+    gen = build_generator(peer, ctx)
+    b = gen.generate(noise, y, list(range(6)))
+    assert gen.nfe == 5
+    assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+
+
+class _Const:
+    """A stand-in 'student': one evaluation, returns the label's mean digit."""
+
+    nfe = 1
+    rounds = 1
+    model_size_bytes = 1234
+
+    def generate(self, noise, labels, seeds):
+        return torch.tanh(noise) * 0.0 + (labels.float() / 9 * 2 - 1).view(-1, 1, 1, 1)
+
+
+def test_plug_in_row_kind(tmp_path):
+    if "test-const" not in METHODS:
+
+        @register_method("test-const", family="student")
+        def _build(row: Row, ctx: BenchContext):
+            return _Const()
+
+    settings = BenchSettings(
+        samples=20,
+        batch_size=10,
+        warmup=0,
+        repeats=1,
+        threads=1,
+        reference_steps=10,
+        baseline={"solver": "ddim", "steps": 2},
+    )
+    plan = BenchPlan(settings, (Row(name="const", method="test-const"),))
+    res = run_bench(plan, tmp_path)
+    rec = res["rows"]["const"]
+    assert rec["family"] == "student" and rec["nfe"] == 1 and rec["model_size_bytes"] == 1234
+    assert math.isfinite(rec["fdd"]) and rec["accuracy"] <= 1
+
+
+def test_pareto_front():
+    pts = [(1.0, 5.0), (2.0, 3.0), (3.0, 4.0), (4.0, 1.0), (0.5, 9.0)]
+    assert pareto_front(pts) == [4, 0, 1, 3]
+
+
+def test_diffusers_folder_model(tmp_path):
+    """A user's model as a diffusers folder (unet/ + scheduler/) benches like the teacher."""
+    ctx = load_model(ModelOptions(), 1.0, torch.device("cpu"))
+    ctx.denoiser.model.save_pretrained(tmp_path / "m" / "unet")
+    from diffspeed.models.teacher import build_scheduler
+
+    build_scheduler().save_pretrained(tmp_path / "m" / "scheduler")
+    settings = BenchSettings(
+        samples=20,
+        batch_size=10,
+        warmup=0,
+        repeats=1,
+        threads=1,
+        reference_steps=10,
+        baseline={"solver": "ddim", "steps": 2},
+    )
+    plan = BenchPlan(settings, (Row(solver="euler", steps=3, schedule="karras"),))
+    res = run_bench(plan, tmp_path / "out", model=ModelOptions(source=str(tmp_path / "m")))
+    assert res["manifest"]["num_classes"] == 10
+    assert math.isfinite(res["rows"]["euler-3-karras"]["fdd"])
