@@ -27,7 +27,7 @@ def run_diffusers(sched, net, den, noise, steps):
     body = den.t_to_sigma(ts.double())
     if hasattr(sched, "sigmas"):  # make diffusers' float32 sigmas exact float64 ones
         last = sched.sigmas[-1].double()
-        last = den.sigma_min if 0 < last else last
+        last = den.sigma_min if last > 0 else last
         sched.sigmas = torch.cat([body, torch.as_tensor([float(last)], dtype=torch.float64)])
     x = noise * sched.init_noise_sigma
     for t in ts:

@@ -1,7 +1,11 @@
 """Solvers (plain functions, one signature) and step schedules, registered by name."""
 
-from diffspeed.solvers import multistep, ode, singlestep  # noqa: F401  (register solvers)
-from diffspeed.solvers import consistency  # noqa: F401  (consistency / LCM samplers)
+from diffspeed.solvers import (  # noqa: F401  (register solvers)
+    consistency,  # noqa: F401  (consistency / LCM samplers)
+    multistep,
+    ode,
+    singlestep,
+)
 from diffspeed.solvers.noise import NoiseSampler, seeded_noise
 from diffspeed.solvers.registry import SCHEDULES, SOLVERS, register_schedule, register_solver
 from diffspeed.solvers.sampling import available, sample
