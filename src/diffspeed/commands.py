@@ -132,7 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the core commands."""
     p = sub.add_parser("train-teacher", help="train the embedded digits teacher (CPU)")
     p.add_argument("--out", type=Path, default=Path("runs/teacher/teacher.safetensors"))
-    p.add_argument("--steps", type=int, default=12000)
+    p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -61,7 +61,7 @@ SCHEDULER_CONFIG: dict[str, Any] = {
 class TeacherTraining:
     """Settings of ``diffspeed train-teacher`` (the shipped weights used these defaults)."""
 
-    steps: int = 12000
+    steps: int = 8000
     batch_size: int = 128
     lr: float = 1e-3
     warmup: int = 500
