@@ -1,9 +1,12 @@
 """Solvers (plain functions, one signature) and step schedules, registered by name."""
 
 from diffspeed.solvers import (  # noqa: F401  (register solvers)
+    adaptive,
     consistency,  # noqa: F401  (consistency / LCM samplers)
     multistep,
     ode,
+    parallel,
+    sde,
     singlestep,
 )
 from diffspeed.solvers.noise import NoiseSampler, seeded_noise

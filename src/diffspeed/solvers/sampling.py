@@ -109,7 +109,9 @@ def sample(
         finally:
             for listener in listeners:
                 listener.end_run()
-    info["nfe"] = denoiser.nfe - nfe0
+    # a solver that batches several steps per call (the parallel sampler) reports its own
+    # per-sample NFE; otherwise it is the number of network calls
+    info.setdefault("nfe", denoiser.nfe - nfe0)
     return (x, info) if return_info else x
 
 

@@ -1,0 +1,1 @@
+"""Adapters to other libraries (``diffspeed.integrations.diffusers.Scheduler``)."""
