@@ -11,7 +11,11 @@ from collections.abc import Sequence
 from diffspeed.errors import DiffspeedError
 
 #: Modules whose ``register(subparsers)`` adds commands; each command sets ``func(args) -> int``.
-COMMAND_MODULES = ("diffspeed.commands", "diffspeed.bench.cli")
+COMMAND_MODULES = (
+    "diffspeed.commands",
+    "diffspeed.bench.cli",
+    "diffspeed.distill.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

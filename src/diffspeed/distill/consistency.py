@@ -16,13 +16,14 @@ for ``sigma > 0.1``, so a student initialised from the teacher starts as a good 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from diffspeed.errors import ConfigError
+from diffspeed.errors import ConfigError, unknown_name
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,135 @@ class ConsistencyDenoiser(nn.Module):
         c_skip, c_out = self.boundary.scalings(s, self.inner.sigma_min)
         view = (-1,) + (1,) * (x.ndim - 1)
         return c_skip.view(view).to(d.dtype) * x.to(d.dtype) + c_out.view(view).to(d.dtype) * d
+
+
+# --- pieces the consistency losses share (CD, CT, LCM) ---------------------------------------
+
+
+def karras_grid(den: Any, n: int, rho: float = 7.0) -> torch.Tensor:
+    """``n`` increasing float64 sigmas from ``sigma_min`` to ``sigma_max``, uniform in
+    ``sigma**(1/rho)`` (the discretisation of Song et al. 2023, Sec. 3 / EDM eq. 5)."""
+    if n < 2:
+        raise ConfigError(f"a consistency discretisation needs >= 2 points, got {n}")
+    lo, hi = den.sigma_min ** (1 / rho), den.sigma_max ** (1 / rho)
+    return (lo + torch.linspace(0, 1, n, dtype=torch.float64) * (hi - lo)) ** rho
+
+
+def timestep_grid(den: Any, k: int) -> torch.Tensor:
+    """LCM's skipping-step grid (Luo et al. 2023, Sec. 4.3): the sigmas of the timesteps
+    ``0, k-1, 2k-1, ..., T-1`` of a discrete-time model, increasing (float64)."""
+    from diffspeed.solvers.schedules import _discrete
+
+    T, d = _discrete(den, "lcm")
+    if not 1 <= k <= T // 2:
+        raise ConfigError(f"the skipping step k must be in [1, {T // 2}], got {k}")
+    ts = torch.cat([torch.zeros(1), torch.arange(1, T // k + 1) * k - 1]).double()
+    return d.t_to_sigma(ts.unique())
+
+
+def curriculum(step: int, total: int, n_start: int, n_end: int) -> int:
+    """Discretisation points at ``step`` (improved CT, Song & Dhariwal 2023, eq. 5):
+    ``N(k) = min(s0 * 2^floor(k / K'), s1) + 1`` with ``K' = floor(K / (log2(s1/s0) + 1))``,
+    where ``s0 = n_start - 1`` and ``s1 = n_end - 1`` (constant when they are equal)."""
+    s0, s1 = n_start - 1, n_end - 1
+    if s0 < 1 or s1 < s0:
+        raise ConfigError(f"need 2 <= n_start <= n_end, got {n_start}, {n_end}")
+    k_prime = max(1, int(total / (math.log2(s1 / s0) + 1)))
+    return min(s0 * 2 ** (step // k_prime), s1) + 1
+
+
+def group_index(
+    ctx: Any, high: int, groups: int, probs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One random grid index in ``[0, high)`` per group of consecutive samples ``[local B]``.
+
+    The global micro-batch is cut into ``groups`` equal runs sharing an index, so a teacher
+    solver (which takes one sigma schedule per call) runs once per group. ``probs`` (``[high]``)
+    weights the draw (iCT's lognormal index distribution); uniform otherwise. The draw comes
+    from the step's generator, identically on every process.
+    """
+    g = max(1, min(groups, ctx.global_batch))
+    if probs is None:
+        idx = torch.randint(0, high, (g,), generator=ctx.generator)
+    else:
+        idx = torch.multinomial(probs.double(), g, replacement=True, generator=ctx.generator)
+    per_sample = idx[torch.arange(ctx.global_batch) * g // ctx.global_batch]
+    return per_sample[ctx.local].to(ctx.device)
+
+
+def _rows(value: Any, rows: torch.Tensor) -> Any:
+    if isinstance(value, torch.Tensor) and value.ndim >= 1:
+        return value[rows]
+    if isinstance(value, dict):
+        return {k: _rows(v, rows) for k, v in value.items()}
+    return value
+
+
+def teacher_step(
+    teacher: Any,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    *,
+    solver: str = "ddim",
+    cond: dict[str, Any] | None = None,
+    guidance: torch.Tensor | float | None = None,
+    null_label: int = 10,
+) -> torch.Tensor:
+    """One step of a registered diffspeed solver on the teacher's PF-ODE, ``sigma -> sigma_next``.
+
+    ``sigma``/``sigma_next`` are per-sample ``[B]``; the solver runs once per distinct pair
+    (solvers take one schedule per call). ``guidance`` (a float or ``[B]``) wraps the teacher
+    in classifier-free guidance (null class ``null_label``) — LCM's CFG-augmented ODE.
+    """
+    from diffspeed.core.guidance import guidance as cfg
+    from diffspeed.solvers.registry import SOLVERS
+
+    fn = SOLVERS[solver].fn
+    cond = cond or {}
+    out = torch.empty_like(x)
+    pairs = torch.stack([sigma.double(), sigma_next.double()], 1).cpu()
+    uniq, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+    for g, pair in enumerate(uniq):
+        rows = (inverse == g).nonzero().squeeze(1).to(x.device)
+        den = teacher
+        if guidance is not None:
+            w = guidance if not isinstance(guidance, torch.Tensor) else guidance[rows]
+            den = cfg(teacher, w, uncond={"class_labels": null_label})
+        out[rows] = fn(den, x[rows], pair, cond=_rows(cond, rows), generator=None, callback=None)
+    return out
+
+
+METRICS = ("l2", "pseudo_huber")
+
+
+def distance(a: torch.Tensor, b: torch.Tensor, metric: str, huber_c: float | None) -> torch.Tensor:
+    """Per-sample distance ``[B]``: mean squared error (``"l2"``) or the pseudo-Huber metric
+    ``sqrt(||a - b||^2 + c^2) - c`` of improved CT (Song & Dhariwal 2023, Sec. 3.3), with
+    ``c = 0.00054 sqrt(d)`` when ``huber_c`` is None."""
+    diff = (a - b).flatten(1).float()
+    if metric == "l2":
+        return diff.pow(2).mean(1)
+    if metric == "pseudo_huber":
+        c = 0.00054 * math.sqrt(diff.shape[1]) if huber_c is None else huber_c
+        return torch.sqrt(diff.pow(2).sum(1) + c**2) - c
+    raise unknown_name("consistency metric", metric, METRICS)
+
+
+def consistency_student(
+    teacher: Any,
+    boundary: Boundary = Boundary(),
+    *,
+    parameterization: str = "eps",
+    w_conditioned: bool = False,
+) -> ConsistencyDenoiser:
+    """A trainable consistency student initialised from a discrete-time VP teacher.
+
+    A copy of the teacher's network (``distill.students.make_student``: ``parameterization``
+    ``"eps"``, ``"v"`` or ``"x0"``; optionally wrapped in a guidance-scale-conditioned
+    :class:`~diffspeed.distill.wcond.WCondUNet`) inside :class:`ConsistencyDenoiser`.
+    """
+    from diffspeed.distill.students import make_student
+
+    inner = make_student(teacher, parameterization, w_conditioned=w_conditioned)
+    return ConsistencyDenoiser(inner, boundary)

@@ -1,0 +1,109 @@
+"""Consistency distillation (Song et al. 2023, Algorithm 2).
+
+For a random pair of adjacent points ``sigma_n < sigma_{n+1}`` of a discretisation of
+``[sigma_min, sigma_max]``: noise the data to ``x_{n+1} = x0 + sigma_{n+1} z``, take ONE step of
+a teacher ODE solver (any registered diffspeed solver: DDIM, Heun, DPM-Solver++) to
+``x_n``, and pull the student's ``f(x_{n+1}, sigma_{n+1})`` towards the EMA target network's
+``f(x_n, sigma_n)`` under L2 or pseudo-Huber. The number of points may grow during training
+(the improved-CT curriculum).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from diffspeed.distill.consistency import (
+    METRICS,
+    Boundary,
+    curriculum,
+    distance,
+    group_index,
+    karras_grid,
+    teacher_step,
+)
+from diffspeed.errors import ConfigError, unknown_name
+
+
+@dataclass(frozen=True)
+class CD:
+    """Consistency distillation settings.
+
+    Attributes:
+        solver: the teacher's one-step ODE solver (a registered name: ``"ddim"``, ``"heun"``,
+            ``"dpmpp_2m"`` ...).
+        guidance: classifier-free guidance scale of the teacher ODE (1 = unguided).
+        n_start, n_end: discretisation points at the start / end of the curriculum (equal:
+            fixed ``N``, Song et al. use 18 on CIFAR-10).
+        rho: Karras spacing exponent of the discretisation.
+        metric: ``"l2"`` or ``"pseudo_huber"``; ``huber_c`` its constant (None: 0.00054 sqrt(d)).
+        target_decay: EMA decay ``mu`` of the target network (0.95 in Song et al. for CD).
+        groups: distinct discretisation indices per batch (the teacher solver runs once per
+            group; more groups = less gradient variance, more teacher calls).
+        sigma_data, boundary_scale: the consistency parameterisation (:class:`Boundary`).
+    """
+
+    solver: str = "heun"
+    guidance: float = 2.0
+    n_start: int = 18
+    n_end: int = 18
+    rho: float = 7.0
+    metric: str = "pseudo_huber"
+    huber_c: float | None = None
+    target_decay: float = 0.95
+    groups: int = 4
+    sigma_data: float = 0.5
+    boundary_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        from diffspeed.solvers.registry import SOLVERS
+
+        SOLVERS[self.solver]  # noqa: B018 - raises a ConfigError naming the solvers
+        if self.metric not in METRICS:
+            raise unknown_name("consistency metric", self.metric, METRICS)
+        if not (2 <= self.n_start <= self.n_end) or self.groups < 1 or self.guidance < 0:
+            raise ConfigError("CD needs 2 <= n_start <= n_end, groups >= 1, guidance >= 0")
+        if not 0 <= self.target_decay < 1:
+            raise ConfigError(f"target_decay must be in [0, 1), got {self.target_decay}")
+
+    @property
+    def boundary(self) -> Boundary:
+        """The consistency parameterisation the student is built with."""
+        return Boundary(self.sigma_data, self.boundary_scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return asdict(self)
+
+
+class CDLoss:
+    """The CD loss ``loss(student, teacher, x0, cond, ctx) -> [B]`` for ``distill.train``.
+
+    ``student`` is a :class:`~diffspeed.distill.consistency.ConsistencyDenoiser`; the EMA
+    target network is the trainer's ``"target"`` EMA (decay ``config.target_decay``).
+    """
+
+    def __init__(self, config: CD = CD()) -> None:
+        self.config = config
+        self.emas = {"target": config.target_decay}
+
+    def __call__(self, student: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: Any):
+        c = self.config
+        n = curriculum(ctx.step, ctx.total_steps, c.n_start, c.n_end)
+        grid = karras_grid(student, n, c.rho).to(x0.device)
+        idx = group_index(ctx, n - 1, c.groups)  # pair (sigma_{n+1} -> sigma_n)
+        s_hi, s_lo = grid[idx + 1], grid[idx]
+        view = (-1,) + (1,) * (x0.ndim - 1)
+        # noise the data to sigma_{n+1}
+        x_hi = x0 + s_hi.view(view).to(x0.dtype) * ctx.randn(*x0.shape[1:])
+        # one teacher ODE step to sigma_n (CFG-augmented unless guidance is 1)
+        guided = c.guidance if c.guidance != 1 else None
+        null = getattr(teacher, "null_label", 10)
+        x_lo = teacher_step(
+            teacher, x_hi, s_hi, s_lo, solver=c.solver, cond=cond, guidance=guided, null_label=null
+        )
+        # the EMA target network at sigma_n, the online student at sigma_{n+1}
+        target = ctx.emas["target"](x_lo.detach(), s_lo, **cond).detach()
+        return distance(student(x_hi, s_hi, **cond), target, c.metric, c.huber_c)

@@ -1,0 +1,173 @@
+"""Knowledge distillation of the sampler (Luhman & Luhman 2021, "Knowledge Distillation in
+Iterative Generative Models for Improved Sampling Speed").
+
+The teacher's multi-step ODE sampler defines a deterministic map noise -> image. Generate a
+dataset of ``(noise, label, teacher output)`` once (cached on disk), then train the student to
+map the same noise to the same output in ``student_steps`` DDIM steps, backpropagating
+through its sampler: ``loss = ||sample_student(z) - sample_teacher(z)||^2`` (their eq. 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffspeed.distill.students import Recipe, make_student, module_digest, save_student
+from diffspeed.distill.trainer import LossContext, TrainConfig, TrainData, config_from_dict, train
+from diffspeed.errors import ConfigError
+from diffspeed.models.io import load_weights, read_metadata, save_weights
+
+log = logging.getLogger("diffspeed")
+
+
+@dataclass(frozen=True)
+class KD:
+    """Knowledge-distillation settings.
+
+    Attributes:
+        student_steps: DDIM steps of the student (1 = one-step generator).
+        schedule: diffspeed schedule of the student's sigmas.
+        parameterization: what the student network predicts (``"v"``, ``"x0"``, ``"eps"``).
+        guidance: classifier-free guidance scale of the teacher sampler (baked in).
+        teacher_solver, teacher_steps, teacher_schedule: the teacher's ODE sampler.
+        num_pairs: size of the (noise, label, output) dataset.
+        seed: noise seeds are ``seed * 1_000_003 + i`` (1: disjoint from the reference set).
+    """
+
+    student_steps: int = 1
+    schedule: str = "trailing"
+    parameterization: str = "v"
+    guidance: float = 2.0
+    teacher_solver: str = "heun"
+    teacher_steps: int = 50
+    teacher_schedule: str = "karras"
+    num_pairs: int = 2000
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.student_steps < 1 or self.teacher_steps < 1 or self.num_pairs < 1:
+            raise ConfigError("student_steps, teacher_steps and num_pairs must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (round-trips through :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> KD:
+        """Inverse of :meth:`to_dict`."""
+        return config_from_dict(cls, d)
+
+
+class KDLoss:
+    """``||student sampler(z) - teacher sampler(z)||^2`` per sample (Luhman & Luhman, eq. 4).
+
+    The noise ``z`` of each row comes from ``ctx.extras["noise"]`` (the dataset's), the target
+    is the row's ``x0`` (the teacher's output for that noise and label).
+    """
+
+    def __init__(self, sigmas: torch.Tensor, config: KD) -> None:
+        self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+        self.config = config
+
+    def __call__(
+        self, student: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: LossContext
+    ) -> torch.Tensor:
+        from diffspeed.solvers import sample
+
+        # the student's sampler from the same noise, with gradients through every step
+        out = sample(
+            student, ctx.extras["noise"], "ddim", schedule=self.sigmas, cond=cond, grad=True
+        )
+        return (out.float() - x0.float()).pow(2).flatten(1).mean(1)
+
+
+def teacher_dataset(
+    teacher: Any,
+    config: KD,
+    cache: str | Path,
+    *,
+    batch_size: int = 250,
+    progress: bool = False,
+) -> TrainData:
+    """The ``(noise, label, teacher output)`` dataset, computed once and cached at ``cache``.
+
+    The cache is refused (and recomputed) when it was made by another config or teacher.
+    """
+    from diffspeed.solvers import sample, seeded_noise
+
+    cache = Path(cache)
+    key = hashlib.sha256(repr((config.to_dict(), module_digest(teacher))).encode()).hexdigest()
+    if cache.is_file() and read_metadata(cache).get("key") == key[:16]:
+        t = load_weights(cache)
+        return TrainData(t["output"], {"class_labels": t["labels"]}, {"noise": t["noise"]})
+    seeds = [config.seed * 1_000_003 + i for i in range(config.num_pairs)]
+    noise = seeded_noise(seeds, (1, 8, 8))
+    labels = torch.arange(config.num_pairs) % 10
+    chunks: Any = range(0, config.num_pairs, batch_size)
+    if progress:
+        from rich.progress import track
+
+        chunks = track(chunks, description="teacher outputs")
+    outs = []
+    for i in chunks:
+        sl = slice(i, i + batch_size)
+        outs.append(
+            sample(
+                teacher,
+                noise[sl].to(teacher.device),
+                config.teacher_solver,
+                config.teacher_steps,
+                config.teacher_schedule,
+                cond={"class_labels": labels[sl].to(teacher.device)},
+            ).cpu()
+        )
+    output = torch.cat(outs)
+    save_weights(
+        cache, {"noise": noise, "labels": labels, "output": output}, metadata={"key": key[:16]}
+    )
+    return TrainData(output, {"class_labels": labels}, {"noise": noise})
+
+
+def distill_kd(
+    teacher: Any,
+    config: KD,
+    train_config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    evaluate: Callable[[Recipe], Callable[[Any, int], dict[str, float]]] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Build (or load) the teacher dataset, train, write ``out_dir/student.safetensors``.
+
+    Args:
+        teacher: the teacher denoiser; guided at ``config.guidance`` here when it is not 1.
+    """
+    from diffspeed.models.teacher import guided_teacher
+    from diffspeed.solvers.schedules import get_sigmas
+
+    out_dir = Path(out_dir)
+    sampler = guided_teacher(config.guidance, teacher) if config.guidance != 1.0 else teacher
+    data = teacher_dataset(sampler, config, out_dir / "teacher_data.safetensors", progress=progress)
+    student = make_student(teacher, config.parameterization)
+    sigmas = get_sigmas(student, config.schedule, config.student_steps)
+    recipe = Recipe("ddim", tuple(sigmas.tolist()), guidance=config.guidance)
+    res = train(
+        student,
+        KDLoss(sigmas, config),
+        train_config,
+        out_dir,
+        data=data,
+        resume=resume,
+        evaluate=evaluate(recipe) if evaluate is not None else None,
+        run_info={"teacher": module_digest(teacher)},
+        progress=progress,
+    )
+    path = out_dir / "student.safetensors"
+    return save_student(path, res.best, recipe, method="kd", kd=config.to_dict())

@@ -1,0 +1,282 @@
+"""LoRA adapters for consistency students (LCM-LoRA, Luo et al. 2023b) with peft.
+
+The teacher's network stays frozen; only low-rank updates ``W + (alpha / r) B A`` of chosen
+layers are learned (Hu et al. 2021). The adapter is saved in the diffusers LoRA format
+(``unet.<module>.lora_A.weight`` / ``lora_B.weight`` in ``pytorch_lora_weights.safetensors``,
+the peft ``LoraConfig`` in the header) so a diffusers pipeline loads it with
+``load_lora_weights``; :func:`load_lora` applies it in diffspeed (fused into a copy of the base
+network, no peft needed at inference). Because the update is a plug-in, the same adapter can
+be applied to another fine-tune of the same base model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError
+
+log = logging.getLogger("diffspeed")
+
+#: File names of an adapter directory (the first is what diffusers looks for by default).
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+META_NAME = "diffspeed_lora.json"
+#: Module-name suffixes LoRA is applied to in a diffusers UNet (attention and ResNet layers).
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj")
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """LoRA settings.
+
+    Attributes:
+        rank: the rank ``r`` of each update.
+        alpha: the scale numerator (update scale ``alpha / r``).
+        targets: module-name suffixes to adapt (peft ``target_modules``).
+    """
+
+    rank: int = 8
+    alpha: float = 8.0
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.alpha <= 0 or not self.targets:
+            raise ConfigError("LoRA needs rank >= 1, alpha > 0 and at least one target module")
+
+    def peft_config(self) -> Any:
+        """The equivalent ``peft.LoraConfig``."""
+        peft = _peft()
+        return peft.LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            target_modules=list(self.targets),
+            init_lora_weights=True,
+        )
+
+
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError:  # pragma: no cover - peft is a declared dependency of the extra
+        raise UnsupportedModelError(
+            "LoRA needs peft: pip install 'diffspeed[distill]' (or pip install peft)"
+        ) from None
+    return peft
+
+
+def add_lora(net: nn.Module, config: LoRA = LoRA()) -> nn.Module:
+    """Inject trainable LoRA layers into ``net`` in place; everything else is frozen.
+
+    ``B`` starts at zero, so the adapted network first computes exactly what ``net`` did.
+    """
+    peft = _peft()
+    net.requires_grad_(False)
+    peft.inject_adapter_in_model(config.peft_config(), net, adapter_name="default")
+    for name, p in net.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return net
+
+
+def lora_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA weights of a peft-injected network, keyed like peft (``<module>.lora_A.weight``)."""
+    peft = _peft()
+    sd = peft.get_peft_model_state_dict(net, adapter_name="default")
+    return {k: v.detach().float().cpu().contiguous() for k, v in sd.items()}
+
+
+def save_lora(
+    out_dir: str | os.PathLike,
+    net: nn.Module,
+    config: LoRA,
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Save the adapter of ``net`` as a diffusers LoRA directory (atomic per file).
+
+    Writes ``pytorch_lora_weights.safetensors`` through diffusers'
+    ``StableDiffusionLoraLoaderMixin.save_lora_weights`` (keys prefixed ``unet.``, the
+    ``LoraConfig`` in the header) and ``diffspeed_lora.json`` (``config`` and ``info``, e.g.
+    the consistency boundary and the recommended sampler). Returns the weights path.
+    """
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layers = lora_state_dict(net)
+    meta = config.peft_config().to_dict()
+    meta["target_modules"] = sorted(meta["target_modules"])
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".lora-") as tmp:
+        StableDiffusionLoraLoaderMixin.save_lora_weights(
+            tmp,
+            unet_lora_layers=layers,
+            weight_name=WEIGHT_NAME,
+            safe_serialization=True,
+            unet_lora_adapter_metadata=meta,
+        )
+        os.replace(Path(tmp) / WEIGHT_NAME, out_dir / WEIGHT_NAME)
+    from diffspeed.models.io import atomic_write_json
+
+    cfg = asdict(config)
+    cfg["targets"] = list(config.targets)
+    atomic_write_json(out_dir / META_NAME, {"lora": cfg, **(info or {})})
+    return out_dir / WEIGHT_NAME
+
+
+def read_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], LoRA, dict[str, Any]]:
+    """Read an adapter directory (or its weights file): ``(tensors, LoRA config, info)``.
+
+    Tensor keys are the module paths with ``.lora_A.weight`` / ``.lora_B.weight`` (the
+    ``unet.`` prefix removed).
+    """
+    from diffspeed.models.io import load_weights
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    weights = folder / WEIGHT_NAME if path.is_dir() else path
+    meta_file = folder / META_NAME
+    if not meta_file.is_file():
+        raise WeightsError(f"{meta_file} is missing; a diffspeed LoRA adapter needs it")
+    info = json.loads(meta_file.read_text())
+    lora_cfg = info.pop("lora", None)
+    if not isinstance(lora_cfg, dict):
+        raise WeightsError(f"{meta_file} has no 'lora' settings")
+    cfg = LoRA(lora_cfg["rank"], lora_cfg["alpha"], tuple(lora_cfg["targets"]))
+    tensors = load_weights(weights)
+    bad = [k for k in tensors if not k.startswith("unet.") or ".lora_" not in k]
+    if bad:
+        raise WeightsError(f"{weights} is not a diffusers UNet LoRA file (keys like {bad[:2]})")
+    return {k[len("unet.") :]: v for k, v in tensors.items()}, cfg, info
+
+
+def fuse_lora(net: nn.Module, path: str | os.PathLike, scale: float = 1.0) -> nn.Module:
+    """A copy of ``net`` with the adapter at ``path`` merged: ``W += scale * alpha/r * B A``.
+
+    Every adapted layer of the file must exist in ``net`` with matching shapes (a LoRA trained
+    on another architecture is refused).
+    """
+    tensors, cfg, _ = read_lora(path)
+    fused = copy.deepcopy(net)
+    modules = dict(fused.named_modules())
+    factor = scale * cfg.alpha / cfg.rank
+    names = sorted({k.rsplit(".lora_", 1)[0] for k in tensors})
+    with torch.no_grad():
+        for name in names:
+            layer = modules.get(name)
+            a = tensors.get(f"{name}.lora_A.weight")
+            b = tensors.get(f"{name}.lora_B.weight")
+            if layer is None or a is None or b is None or not hasattr(layer, "weight"):
+                raise WeightsError(f"{path}: layer {name!r} is not in the model (or incomplete)")
+            w = layer.weight
+            delta = (b.flatten(1) @ a.flatten(1)).view(w.shape[0], *a.shape[1:])
+            if delta.shape != w.shape:
+                raise WeightsError(
+                    f"{path}: LoRA for {name!r} has shape {tuple(delta.shape)}, the model's "
+                    f"layer is {tuple(w.shape)}; the adapter was trained for another model"
+                )
+            w.add_(delta.to(w.dtype) * factor)
+    return fused
+
+
+def load_lora(path: str | os.PathLike, base: Any = None, *, scale: float = 1.0) -> Any:
+    """Apply an LCM-LoRA adapter to a base model: a few-step consistency denoiser.
+
+    Args:
+        path: the adapter directory written by :func:`save_lora` (or ``diffspeed distill
+            lcm-lora``).
+        base: the discrete-time VP denoiser to accelerate (default: the embedded teacher); any
+            fine-tune of the model the adapter was trained on works.
+        scale: LoRA strength (1 = as trained).
+
+    Returns:
+        A :class:`~diffspeed.distill.consistency.ConsistencyDenoiser` over a fused copy of the
+        base network; sample it with ``solver="lcm", schedule="lcm"`` (one forward per step).
+    """
+    from diffspeed.core.adapters import DiscreteVPDenoiser
+    from diffspeed.distill.consistency import Boundary, ConsistencyDenoiser
+
+    if base is None:
+        from diffspeed.models.teacher import load_teacher
+
+        base = load_teacher()
+    inner = getattr(base, "inner", base)
+    if not isinstance(inner, DiscreteVPDenoiser) or inner.model is None:
+        raise UnsupportedModelError(
+            "load_lora needs a discrete-time VP denoiser around a torch module "
+            "(diffspeed.models.load_teacher() or diffspeed.from_diffusers(unet, scheduler))"
+        )
+    _, _, info = read_lora(path)
+    net = fuse_lora(inner.model, path, scale).requires_grad_(False).eval()
+    den = DiscreteVPDenoiser(net, inner.alphas_cumprod, inner.prediction)
+    den.null_label = getattr(inner, "null_label", 10)
+    return ConsistencyDenoiser(den, Boundary(**info.get("boundary", {})))
+
+
+def peft_unet(unet: nn.Module) -> nn.Module:
+    """A copy of a diffusers ``UNet2DModel`` whose class has diffusers' ``PeftAdapterMixin``
+    (``load_lora_adapter``), which ``UNet2DModel`` itself lacks in diffusers <= 0.42."""
+    from diffusers import UNet2DModel
+    from diffusers.loaders import PeftAdapterMixin
+
+    if not isinstance(unet, UNet2DModel):
+        raise UnsupportedModelError(f"expected a diffusers UNet2DModel, got {type(unet).__name__}")
+    if isinstance(unet, PeftAdapterMixin):
+        return unet
+    cls = type("PeftUNet2DModel", (UNet2DModel, PeftAdapterMixin), {})
+    out = cls.from_config(unet.config)
+    out.load_state_dict(unet.state_dict())
+    if out.dtype != unet.dtype:
+        out = out.to(unet.dtype)
+    return out.to(unet.device).eval()
+
+
+def lcm_pipeline(unet: nn.Module | None = None) -> Any:
+    """A diffusers pipeline (LCM scheduler) around the teacher's UNet that loads LoRAs.
+
+    ``pipe.load_lora_weights(adapter_dir)`` is diffusers' own loader
+    (``StableDiffusionLoraLoaderMixin``); ``pipe(class_labels, num_inference_steps,
+    generator)`` samples ``[B, 1, 8, 8]`` images with ``diffusers.LCMScheduler`` on the
+    teacher's betas.
+    """
+    from diffusers import DiffusionPipeline, LCMScheduler
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    from diffspeed.models.teacher import SCHEDULER_CONFIG, load_teacher
+
+    class LCMDigitsPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+        """Class-conditional LCM sampling with a LoRA-loadable UNet."""
+
+        _lora_loadable_modules = ["unet"]
+        text_encoder = None  # the mixin's loader also looks for a text encoder
+
+        def __init__(self, unet: nn.Module, scheduler: Any) -> None:
+            super().__init__()
+            self.register_modules(unet=unet, scheduler=scheduler)
+
+        def __call__(
+            self,
+            class_labels: torch.Tensor,
+            num_inference_steps: int = 4,
+            generator: torch.Generator | None = None,
+        ) -> torch.Tensor:
+            size = self.unet.config.sample_size
+            shape = (len(class_labels), self.unet.config.in_channels, size, size)
+            x = torch.randn(shape, generator=generator).to(self.unet.device, self.unet.dtype)
+            self.scheduler.set_timesteps(num_inference_steps)
+            for t in self.scheduler.timesteps:
+                eps = self.unet(x, t, class_labels=class_labels).sample
+                x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
+            return x
+
+    if unet is None:
+        unet = load_teacher().model
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+    sched = LCMScheduler(**{k: SCHEDULER_CONFIG[k] for k in keys})
+    return LCMDigitsPipeline(peft_unet(unet), sched)

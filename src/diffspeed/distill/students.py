@@ -1,0 +1,307 @@
+"""Distilled students on disk: build, save, load and sample them.
+
+A student file is a safetensors weight file plus a JSON config beside it holding the
+architecture (the teacher's diffusers ``UNet2DModel`` config, optionally wrapped by
+:class:`~diffspeed.distill.wcond.WCondUNet`), its parameterisation, the noise schedule and the
+**sampling recipe** it was distilled for: solver name, number of steps and the exact sigmas.
+``load_student(name_or_path)`` returns ``(denoiser, recipe)``; :func:`sample_student` runs it
+through :func:`diffspeed.sample` with that recipe.
+
+Shipped students live in ``diffspeed/models/assets/students/<name>.safetensors`` (+ ``.json``),
+stored int8-compressed (:func:`diffspeed.models.io.compress_int8`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffspeed.core.adapters import DiscreteVPDenoiser
+from diffspeed.distill.wcond import WCondUNet, WEmbedConfig, build_wcond
+from diffspeed.errors import ConfigError, ShapeError, UnsupportedModelError, WeightsError
+from diffspeed.models.io import atomic_write_json, load_state_into, load_weights, save_weights
+
+#: Where shipped students live.
+STUDENTS_DIR = Path(__file__).resolve().parents[1] / "models" / "assets" / "students"
+#: ``kind`` of a student JSON config.
+KIND = "diffspeed_student"
+#: Student parameterisations (diffusers prediction types).
+PARAMETERIZATIONS = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a student samples: the solver, its steps and the exact sigmas it was trained on.
+
+    Attributes:
+        solver: a :func:`diffspeed.sample` solver name (``"ddim"`` for progressive students).
+        sigmas: float64 schedule ``[steps + 1]`` ending in 0.
+        guidance: the guidance scale the student bakes in (fixed) or defaults to.
+        w_conditioned: the student takes ``guidance_scale`` in ``cond`` (any ``w`` in
+            ``w_range``), one forward per step either way.
+        w_range: the trained guidance range of a w-conditioned student.
+    """
+
+    solver: str
+    sigmas: tuple[float, ...]
+    guidance: float = 1.0
+    w_conditioned: bool = False
+    w_range: tuple[float, float] | None = None
+
+    @property
+    def steps(self) -> int:
+        """Number of sampling steps (network evaluations for a one-eval-per-step solver)."""
+        return len(self.sigmas) - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (round-trips through :meth:`from_dict`)."""
+        d = asdict(self)
+        d["sigmas"] = list(self.sigmas)
+        d["w_range"] = list(self.w_range) if self.w_range else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        """Inverse of :meth:`to_dict`."""
+        w_range = d.get("w_range")
+        return cls(
+            solver=d["solver"],
+            sigmas=tuple(float(s) for s in d["sigmas"]),
+            guidance=float(d.get("guidance", 1.0)),
+            w_conditioned=bool(d.get("w_conditioned", False)),
+            w_range=tuple(float(v) for v in w_range) if w_range else None,
+        )
+
+    def cond(
+        self, labels: torch.Tensor, guidance: float | torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """The ``cond`` a student needs: labels, plus the guidance scale if w-conditioned."""
+        cond: dict[str, Any] = {"class_labels": labels}
+        if self.w_conditioned:
+            w = self.guidance if guidance is None else guidance
+            cond["guidance_scale"] = torch.as_tensor(w, dtype=torch.float32).expand(len(labels))
+        elif guidance is not None and float(guidance) != self.guidance:
+            raise ConfigError(
+                f"this student bakes in guidance {self.guidance}; it cannot sample at "
+                f"{float(guidance)} (only w-conditioned students take a scale)"
+            )
+        return cond
+
+
+def unet_of(denoiser: Any) -> nn.Module:
+    """The network module inside a (possibly guided) denoiser."""
+    inner = getattr(denoiser, "inner", denoiser)
+    net = getattr(inner, "model", None)
+    if net is None:
+        raise UnsupportedModelError("the teacher denoiser wraps no nn.Module to copy")
+    return net
+
+
+def make_student(
+    teacher: Any,
+    parameterization: str = "v",
+    *,
+    w_conditioned: bool = False,
+    w_embed: WEmbedConfig | None = None,
+) -> DiscreteVPDenoiser:
+    """A trainable student initialised from the teacher's weights (a deep copy).
+
+    Args:
+        teacher: the teacher denoiser (a discrete VP denoiser, guided or not) or a student.
+        parameterization: ``"v"``, ``"x0"`` or ``"eps"`` - what the student network predicts
+            (Salimans & Ho 2022, sec. 4: eps fails at few steps; v or x0 are stable).
+        w_conditioned: wrap the UNet in :class:`WCondUNet` (a no-op at initialisation) unless
+            it already is one.
+    """
+    if parameterization not in PARAMETERIZATIONS:
+        raise ConfigError(
+            f"unknown parameterization {parameterization!r}; choose one of: "
+            f"{', '.join(PARAMETERIZATIONS)}"
+        )
+    inner = getattr(teacher, "inner", teacher)
+    if not isinstance(inner, DiscreteVPDenoiser):
+        raise UnsupportedModelError(
+            "step distillation here needs a discrete-time VP teacher (diffspeed.wrap / "
+            f"from_diffusers / load_teacher), got {type(inner).__name__}"
+        )
+    net = copy.deepcopy(unet_of(teacher))
+    if w_conditioned and not isinstance(net, WCondUNet):
+        net = WCondUNet(net, w_embed)
+    net.requires_grad_(True).train()
+    den = DiscreteVPDenoiser(net, inner.alphas_cumprod, PARAMETERIZATIONS[parameterization])
+    den.null_label = getattr(inner, "null_label", None)
+    return den
+
+
+def module_digest(module: nn.Module) -> str:
+    """Short sha256 of a module's weights (identifies a teacher in run hashes and caches)."""
+    import hashlib
+
+    from diffspeed.distill.trainer import module_tensors
+
+    h = hashlib.sha256()
+    for k, v in sorted(module_tensors(module).items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def frozen_copy(student: DiscreteVPDenoiser) -> DiscreteVPDenoiser:
+    """A no-gradient, eval-mode deep copy (the next round's teacher)."""
+    return copy.deepcopy(student).requires_grad_(False).eval()
+
+
+def student_config(student: DiscreteVPDenoiser, recipe: Recipe, **info: Any) -> dict[str, Any]:
+    """The JSON config of a student: architecture, parameterisation, schedule, recipe, info."""
+    net = student.model
+    if isinstance(net, WCondUNet):
+        arch: dict[str, Any] = net.config()
+    else:
+        arch = {"kind": "unet", "unet": {k: v for k, v in dict(net.config).items() if k[0] != "_"}}
+    return {
+        "kind": KIND,
+        "arch": arch,
+        "prediction": student.prediction,
+        "alphas_cumprod": student.alphas_cumprod.tolist(),
+        "null_label": getattr(student, "null_label", None),
+        "recipe": recipe.to_dict(),
+        "info": info,
+    }
+
+
+def save_student(
+    path: str | Path,
+    student: DiscreteVPDenoiser,
+    recipe: Recipe,
+    *,
+    int8: bool = False,
+    **info: Any,
+) -> Path:
+    """Write ``path`` (safetensors, atomic) and ``path.with_suffix('.json')``.
+
+    ``int8=True`` stores large weights int8-compressed (about 4x smaller than fp32).
+    ``info`` (JSON-able) is recorded in the config (method, teacher digest, training...).
+    """
+    path = Path(path)
+    cfg = student_config(student, recipe, **info)
+    save_weights(path, student.model.state_dict(), cfg, int8=int8)
+    atomic_write_json(path.with_suffix(".json"), cfg)
+    return path
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".safetensors" and p.is_file():
+        return p
+    if p.with_suffix(".safetensors").is_file() and p.suffix in ("", ".json"):
+        return p.with_suffix(".safetensors")
+    shipped = STUDENTS_DIR / f"{name_or_path}.safetensors"
+    if shipped.is_file():
+        return shipped
+    raise WeightsError(
+        f"no student {str(name_or_path)!r}: not a .safetensors path and not a shipped student "
+        f"(shipped: {', '.join(shipped_students()) or 'none'})"
+    )
+
+
+def shipped_students() -> list[str]:
+    """Names of the students shipped in the package."""
+    return sorted(p.stem for p in STUDENTS_DIR.glob("*.safetensors"))
+
+
+def load_student(
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[DiscreteVPDenoiser, Recipe]:
+    """Load a student: ``(denoiser, recipe)``.
+
+    Args:
+        name_or_path: a shipped name (``"progressive-4"``; see :func:`shipped_students`) or
+            a ``.safetensors`` path written by :func:`save_student` (its ``.json`` beside it).
+    """
+    path = _resolve(name_or_path)
+    cfg_path = path.with_suffix(".json")
+    if not cfg_path.is_file():
+        raise WeightsError(f"{cfg_path} is missing; a student needs its JSON config beside it")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("kind") != KIND:
+        raise WeightsError(f"{cfg_path} is not a diffspeed student config (kind {KIND!r})")
+    arch = cfg["arch"]
+    if arch["kind"] == "unet":
+        from diffusers import UNet2DModel
+
+        net: nn.Module = UNet2DModel(**arch["unet"])
+    else:
+        net = build_wcond(arch)
+    load_state_into(net, load_weights(path, cfg), str(path))
+    net.eval().requires_grad_(False).to(device=device, dtype=dtype)
+    den = DiscreteVPDenoiser(net, torch.tensor(cfg["alphas_cumprod"]), cfg["prediction"])
+    den.null_label = cfg.get("null_label")
+    return den, Recipe.from_dict(cfg["recipe"])
+
+
+def sample_student(
+    student: str | Path | tuple[DiscreteVPDenoiser, Recipe],
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    guidance: float | None = None,
+    return_info: bool = False,
+) -> Any:
+    """Sample a student with its recipe (solver + recorded sigmas) from unit ``noise``.
+
+    Args:
+        student: a name / path for :func:`load_student`, or its ``(denoiser, recipe)``.
+        noise: ``[B, C, H, W]`` unit Gaussian noise; labels ``[B]``.
+        guidance: scale for a w-conditioned student (default: its recipe's).
+    """
+    from diffspeed.solvers import sample
+
+    den, recipe = student if isinstance(student, tuple) else load_student(student)
+    if labels.shape != (noise.shape[0],):
+        raise ShapeError(f"labels must be [B]={noise.shape[0]}, got {tuple(labels.shape)}")
+    return sample(
+        den,
+        noise,
+        recipe.solver,
+        schedule=torch.tensor(recipe.sigmas, dtype=torch.float64),
+        cond=recipe.cond(labels.to(den.device), guidance),
+        return_info=return_info,
+    )
+
+
+#: Base seed of the periodic-evaluation noise (disjoint from the reference set's seed 0).
+EVAL_SEED = 7
+
+
+def recipe_evaluator(n: int = 200, *, seed: int = EVAL_SEED, guidance: float | None = None) -> Any:
+    """Factory for periodic evaluation: ``recipe -> fn(student, step) -> {fdd, accuracy}``.
+
+    Samples ``n`` class-balanced digits with the recipe from fixed noise seeds
+    ``seed * 1_000_003 + i`` (never the reference set's) and scores them with
+    :func:`diffspeed.eval.metrics.fdd` and ``class_accuracy``.
+    """
+    from diffspeed.eval.metrics import class_accuracy, fdd
+    from diffspeed.solvers import seeded_noise
+
+    labels = torch.arange(n) % 10
+    noise = seeded_noise([seed * 1_000_003 + i for i in range(n)], (1, 8, 8))
+
+    def for_recipe(recipe: Recipe) -> Any:
+        def evaluate(student: DiscreteVPDenoiser, step: int) -> dict[str, float]:
+            x = sample_student(
+                (student, recipe), noise.to(student.device), labels, guidance=guidance
+            )
+            return {"fdd": fdd(x), "accuracy": class_accuracy(x, labels)}
+
+        return evaluate
+
+    return for_recipe
