@@ -80,11 +80,13 @@ class Row:
             parts.append(str(self.steps))
         if self.schedule:
             parts.append(self.schedule)
-        if self.cache:
-            parts.append("+" + "-".join(f"{v}" for v in self.cache.values()))
         if self.guidance is not None:
             parts.append(f"w{self.guidance:g}")
-        return "-".join(parts)
+        label = "-".join(parts)
+        if self.cache:
+            rest = "".join(f"-{v}" for k, v in self.cache.items() if k != "method")
+            label += f"+{self.cache.get('method', 'cache')}{rest}"
+        return label
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict without empty fields (round-trips through :meth:`from_dict`)."""
