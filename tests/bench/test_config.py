@@ -112,3 +112,13 @@ def test_user_model_that_does_not_load_says_why(tmp_path):
         load_model(ModelOptions(source="diffspeed.errors:DiffspeedError"), 1.0, "cpu")
     with pytest.raises(WeightsError, match="does not exist|missing"):
         load_model(ModelOptions(source=str(tmp_path / "t.safetensors")), 1.0, "cpu")
+
+
+def test_cli_bad_input_exits_2_with_message(capsys):
+    from diffspeed.cli import main
+
+    assert main(["bench"]) == 2
+    assert "nothing to run" in capsys.readouterr().err
+    assert main(["bench", "--row", "solver=ddim,stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'stepz'" in err and "allowed keys" in err
