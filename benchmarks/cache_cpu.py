@@ -1,0 +1,165 @@
+"""Feature caching on the embedded teacher: speedup and quality, cached vs uncached, one run.
+
+For each cache config (default: DeepCache variants and condition caching) on the guided teacher
+(scale ``RECOMMENDED_GUIDANCE``), with the same solver and steps as the uncached baseline:
+
+* wall-clock latency of one sampling run on a fixed batch (1 warm-up, median of ``--repeats``,
+  fixed thread count), speedup = uncached / cached;
+* FDD, class accuracy, PSNR vs the uncached run and vs the reference set (same noise/labels);
+* "just use fewer steps": the uncached run of the best of ``--fast-solvers`` at the NFE whose
+  latency matches the cached run's, so you can see whether caching beats fewer steps.
+
+Prints a markdown table and writes it to ``--out``.
+
+    python benchmarks/cache_cpu.py --out benchmarks/results/cache_cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import diffspeed
+from diffspeed.cache import config_from_dict
+from diffspeed.eval.metrics import class_accuracy, fdd, psnr
+from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
+from diffspeed.models.teacher import guided_teacher, load_teacher
+from diffspeed.solvers import SOLVERS
+
+DEFAULT_CONFIGS = [
+    {"method": "condition"},
+    {"method": "deepcache", "interval": 2, "branch": 1},
+    {"method": "deepcache", "interval": 3, "branch": 1},
+    {"method": "deepcache", "interval": 3, "branch": 1, "schedule": "nonuniform"},
+    {"method": "deepcache", "interval": 5, "branch": 1},
+    {"method": "deepcache", "interval": 2, "branch": 0},
+    {"method": "deepcache", "interval": 3, "branch": 0},
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--solver", default="ddim")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--schedule", default=None)
+    p.add_argument("--n", type=int, default=1000, help="reference samples scored (seeds from 0)")
+    p.add_argument("--timing-batch", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--configs", default=json.dumps(DEFAULT_CONFIGS), help="JSON list of configs")
+    p.add_argument("--fast-solvers", default="dpmpp_2m,unipc,ddim")
+    p.add_argument("--fast-schedule", default="karras")
+    p.add_argument("--teacher", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/cache_cpu.md"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    ref = reference_set(ReferenceSpec(n=args.n), teacher_path=args.teacher)
+    den = guided_teacher(RECOMMENDED_GUIDANCE, load_teacher(args.teacher))
+    cond_all = {"class_labels": ref.labels}
+    tb = slice(0, args.timing_batch)
+
+    def generate(solver: str, steps: int, schedule: str | None) -> tuple[torch.Tensor, int]:
+        outs, nfe = [], 0
+        for i in range(0, args.n, 250):
+            sl = slice(i, i + 250)
+            x, info = diffspeed.sample(
+                den,
+                ref.noise[sl],
+                solver,
+                steps,
+                schedule,
+                cond={"class_labels": ref.labels[sl]},
+                return_info=True,
+            )
+            outs.append(x)
+            nfe = info["nfe"]
+        return torch.cat(outs), nfe
+
+    def latency(solver: str, steps: int, schedule: str | None) -> float:
+        cond = {"class_labels": ref.labels[tb]}
+        times = []
+        for _ in range(args.repeats + 1):
+            t0 = time.perf_counter()
+            diffspeed.sample(den, ref.noise[tb], solver, steps, schedule, cond=cond)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[1:])
+
+    def quality(x: torch.Tensor, base: torch.Tensor | None) -> dict[str, float]:
+        return {
+            "fdd": fdd(x),
+            "acc": class_accuracy(x, cond_all["class_labels"]),
+            "psnr_uncached": psnr(x, base) if base is not None else float("inf"),
+            "psnr_ref": psnr(x, ref.samples),
+        }
+
+    base_x, base_nfe = generate(args.solver, args.steps, args.schedule)
+    base_t = latency(args.solver, args.steps, args.schedule)
+    base = {"t": base_t, "nfe": base_nfe, **quality(base_x, None)}
+    fast_cache: dict[int, dict] = {}
+
+    def fewer_steps(nfe: int) -> dict:
+        # best uncached solver (lowest FDD) at an NFE budget
+        if nfe not in fast_cache:
+            best = None
+            for name in args.fast_solvers.split(","):
+                steps = SOLVERS[name].steps_for_nfe(nfe)
+                x, real_nfe = generate(name, steps, args.fast_schedule)
+                q = quality(x, base_x)
+                if best is None or q["fdd"] < best["fdd"]:
+                    best = {"solver": name, "steps": steps, "nfe": real_nfe, **q}
+            best["t"] = latency(best["solver"], best["steps"], args.fast_schedule)
+            fast_cache[nfe] = best
+        return fast_cache[nfe]
+
+    rows = []
+    for spec in json.loads(args.configs):
+        cfg = config_from_dict(spec)
+        with diffspeed.apply_cache(den, cfg) as handle:
+            x, nfe = generate(args.solver, args.steps, args.schedule)
+            full_frac = handle.stats["full"] / max(1, handle.stats["evals"])
+            t = latency(args.solver, args.steps, args.schedule)
+        q = quality(x, base_x)
+        speed = base_t / t
+        match = max(1, round(base_nfe * t / base_t))
+        rows.append(
+            {"cfg": cfg, "t": t, "speed": speed, "full": full_frac, **q, "alt": fewer_steps(match)}
+        )
+
+    sched = args.schedule or "default"
+    lines = [
+        f"Teacher guided w={RECOMMENDED_GUIDANCE}, {args.solver} {args.steps} steps ({sched} "
+        f"schedule), n={args.n} reference samples, latency on batch {args.timing_batch} "
+        f"(median of {args.repeats}, {args.threads} thread(s)). Uncached: NFE {base_nfe}, "
+        f"{base_t:.3f} s, FDD {base['fdd']:.3f}, acc {base['acc']:.3f}, "
+        f"PSNR vs ref {base['psnr_ref']:.2f} dB.",
+        "",
+        "| cache config | full evals | latency s | speedup | FDD | FDD / uncached | acc | "
+        "PSNR vs uncached | PSNR vs ref | target (>=2x, FDD<=1.05x) | fewer steps at same latency "
+        "(solver, NFE, s, FDD, PSNR vs ref) | caching wins? |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        a = r["alt"]
+        ratio = r["fdd"] / base["fdd"]
+        target = "yes" if r["speed"] >= 2 and ratio <= 1.05 else "no"
+        wins = "yes" if r["fdd"] < a["fdd"] else "no"
+        lines.append(
+            f"| `{json.dumps(r['cfg'].to_dict())}` | {r['full']:.2f} | {r['t']:.3f} | "
+            f"{r['speed']:.2f}x | {r['fdd']:.3f} | {ratio:.2f} | {r['acc']:.3f} | "
+            f"{r['psnr_uncached']:.2f} | {r['psnr_ref']:.2f} | {target} | {a['solver']} "
+            f"{a['nfe']} NFE, {a['t']:.3f} s, FDD {a['fdd']:.3f}, {a['psnr_ref']:.2f} dB | {wins} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
