@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "diffspeed.commands",
     "diffspeed.bench.cli",
     "diffspeed.distill.cli",
+    "diffspeed.cache.cli",
 )
 
 

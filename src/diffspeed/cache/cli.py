@@ -1,0 +1,123 @@
+"""``diffspeed cache ...``: list cache methods, calibrate one on the teacher, sample with it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from diffspeed.cache import CACHES, supported_models
+
+    for name in CACHES.names():
+        cls = CACHES[name]
+        if cls.method != name:
+            continue
+        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
+        print(f"{name}({fields})")
+        print(f"    models: {', '.join(supported_models(cls))}")
+    return 0
+
+
+def _teacher(args: argparse.Namespace):
+    import torch
+
+    from diffspeed.models.teacher import guided_teacher, load_teacher
+
+    torch.set_num_threads(args.threads)
+    den = load_teacher(args.teacher)
+    return guided_teacher(args.guidance, den) if args.guidance != 1.0 else den
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    from diffspeed.cache import calibrate
+    from diffspeed.cache.calibrate import CALIBRATION_SEED
+    from diffspeed.solvers import seeded_noise
+
+    den = _teacher(args)
+    noise = seeded_noise(range(CALIBRATION_SEED, CALIBRATION_SEED + args.n), (1, 8, 8))
+    res = calibrate(
+        den,
+        args.method,
+        target_psnr=args.target_psnr,
+        solver=args.solver,
+        steps=args.steps,
+        schedule=args.schedule,
+        noise=noise,
+        cond={"class_labels": torch.arange(args.n) % 10},
+        fixed=json.loads(args.fixed),
+    )
+    print("| value | PSNR dB | full evals |")
+    print("|---|---|---|")
+    for t in res.trials:
+        print(f"| {t['value']:g} | {t['psnr']:.2f} | {t['full_fraction']:.2f} |")
+    print(f"chosen: {res.config.to_json()} (PSNR {res.psnr:.2f} dB, target {res.target_psnr})")
+    if args.out:
+        args.out.write_text(res.config.to_json() + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import torch
+
+    import diffspeed
+    from diffspeed.cache import config_from_dict
+    from diffspeed.commands import parse_labels
+    from diffspeed.eval.images import save_grid
+
+    den = _teacher(args)
+    text = Path(args.config).read_text() if args.config.endswith(".json") else args.config
+    cfg = config_from_dict(text)
+    y = torch.tensor(parse_labels(args.labels)).repeat_interleave(args.per_label)
+    noise = diffspeed.seeded_noise(range(args.seed, args.seed + len(y)), (1, 8, 8))
+    with diffspeed.apply_cache(den, cfg) as handle:
+        x = diffspeed.sample(
+            den, noise, args.solver, args.steps, args.schedule, cond={"class_labels": y}
+        )
+        stats = handle.stats
+    title = f"{cfg.method} {args.solver} {args.steps} steps: {stats['full']}/{stats['evals']} full"
+    save_grid(x, args.out, nrow=args.per_label, title=title)
+    print(f"wrote {args.out} ({title})")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--solver", default="ddim")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--schedule", default=None)
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--teacher", type=Path, default=None, help="teacher .safetensors")
+    p.add_argument("--threads", type=int, default=2)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``diffspeed cache {methods,calibrate,sample}``."""
+    p = sub.add_parser("cache", help="feature caching: list methods, calibrate, sample")
+    cs = p.add_subparsers(dest="cache_command", metavar="SUBCOMMAND", required=True)
+
+    q = cs.add_parser("methods", help="list cache methods, their fields and supported models")
+    q.set_defaults(func=_methods)
+
+    q = cs.add_parser("calibrate", help="pick the interval/threshold meeting a PSNR target")
+    q.add_argument("method")
+    q.add_argument("--target-psnr", type=float, default=30.0)
+    q.add_argument("--n", type=int, default=20, help="calibration samples (seeds 900000..)")
+    q.add_argument("--fixed", default="{}", help='other fields as JSON, e.g. {"branch": 1}')
+    q.add_argument("--out", type=Path, default=None, help="write the chosen config JSON here")
+    _common(q)
+    q.set_defaults(func=_calibrate)
+
+    q = cs.add_parser("sample", help="sample teacher digits with a cache installed")
+    q.add_argument("config", help='config JSON or a .json file, e.g. {"method":"deepcache"}')
+    q.add_argument("--labels", default="0-9")
+    q.add_argument("--per-label", type=int, default=8)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", type=Path, default=Path("cache_grid.png"))
+    _common(q)
+    q.set_defaults(func=_sample)
