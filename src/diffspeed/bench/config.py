@@ -143,6 +143,8 @@ class BenchSettings:
             the fidelity (PSNR / RMSE) reference comes from.
         baseline: the row every speedup is measured against (the teacher's 50-step DDIM).
         grid: images per row in ``grid.png`` (the first ones: one per class).
+        plugins: modules to import before the rows are resolved (they register row kinds
+            with :func:`diffspeed.bench.register_method`).
     """
 
     samples: int = 200
@@ -160,8 +162,10 @@ class BenchSettings:
         default_factory=lambda: {"name": "ddim-50 (baseline)", "solver": "ddim", "steps": 50}
     )
     grid: int = 10
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "plugins", tuple(self.plugins))
         positive = ("samples", "batch_size", "repeats", "timing_batch", "threads")
         for name in positive:
             value = getattr(self, name)

@@ -20,6 +20,7 @@ step through ``scheduler.step`` on the same denoiser, same noise) and ``cache``
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -118,6 +119,19 @@ class MethodSpec:
 
 
 METHODS: Registry[MethodSpec] = Registry("bench method")
+
+#: Modules that register row kinds with :func:`register_method`, imported before a bench
+#: resolves its rows. An area adds its module here (one line), e.g. "diffspeed.distill.bench".
+METHOD_MODULES: tuple[str, ...] = ()
+
+
+def load_method_modules(extra: Sequence[str] = ()) -> None:
+    """Import :data:`METHOD_MODULES` and ``extra`` (a bench's ``plugins``) so they register."""
+    for name in (*METHOD_MODULES, *extra):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"cannot import bench plugin module {name!r}: {e}") from None
 
 
 def register_method(name: str, *, family: str = "other") -> Callable[[Builder], Builder]:

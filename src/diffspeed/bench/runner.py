@@ -30,7 +30,13 @@ import numpy as np
 import torch
 
 from diffspeed.bench.config import BenchPlan, BenchSettings, Row
-from diffspeed.bench.methods import METHODS, BenchContext, build_generator, family_of
+from diffspeed.bench.methods import (
+    METHODS,
+    BenchContext,
+    build_generator,
+    family_of,
+    load_method_modules,
+)
 from diffspeed.bench.timing import PeakMemory, time_call
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError, unknown_name
 from diffspeed.models.io import atomic_write_json, load_weights, save_weights
@@ -367,6 +373,7 @@ def _run_key(s: BenchSettings, ctx: BenchContext, ref: RunReference, model: str 
 
 def plan_rows(plan: BenchPlan) -> list[Row]:
     """The baseline row first, then the plan's rows (a copy of the baseline is dropped)."""
+    load_method_modules(plan.settings.plugins)
     base = plan.settings.baseline_row()
     rows = [base]
     for r in plan.rows:
