@@ -14,6 +14,7 @@ from diffspeed.errors import DiffspeedError
 COMMAND_MODULES = (
     "diffspeed.commands",
     "diffspeed.bench.cli",
+    "diffspeed.solvers.cli",
     "diffspeed.distill.cli",
     "diffspeed.cache.cli",
 )

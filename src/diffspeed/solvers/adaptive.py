@@ -35,9 +35,7 @@ def _dpmpp_step(den, x, s, lam_s, h, d_s, order, cond):
     d1 = den(u1, sigma_batch(s1, x), **cond)
     big = 2 * h / 3
     phi_big = -math.expm1(-big)
-    u2 = (
-        f64(s2 / s, x) * x + f64(phi_big, x) * d_s + f64((big - phi_big) * 3 / h, x) * (d1 - d_s)
-    )
+    u2 = f64(s2 / s, x) * x + f64(phi_big, x) * d_s + f64((big - phi_big) * 3 / h, x) * (d1 - d_s)
     d2 = den(u2, sigma_batch(s2, x), **cond)
     base = f64(t / s, x) * x + f64(phi1, x) * d_s
     x_lo = base + f64((h - phi1) * 3 / h, x) * (d1 - d_s)

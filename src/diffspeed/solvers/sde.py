@@ -140,7 +140,7 @@ def sa_solver(
         if corrector_order and x_s is not None:  # SA-Corrector: redo the last step with D(x)
             nodes = (hist + [(lam(s), d)])[-corrector_order:]
             x = _sa_step(x_s, s_prev, s, nodes, tau, rate, xi)
-        hist = (hist + [(lam(s), d)])[-max(predictor_order, corrector_order):]
+        hist = (hist + [(lam(s), d)])[-max(predictor_order, corrector_order) :]
         if s_next == 0:
             x = d
         else:  # SA-Predictor

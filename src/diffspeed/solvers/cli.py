@@ -1,0 +1,83 @@
+"""Solver commands: ``diffspeed solvers`` (list) and ``diffspeed tune-schedule``."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from pathlib import Path
+
+
+def _first_line(obj: object) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _solvers(args: argparse.Namespace) -> int:
+    from diffspeed.solvers import SCHEDULES, SOLVERS
+
+    print("solvers (name: order, NFE per step, kind - description)")
+    for name in SOLVERS.names():
+        spec = SOLVERS[name]
+        kind = "SDE" if spec.stochastic else "ODE"
+        print(f"  {name}: order {spec.order}, {spec.evals_per_step}/step, {kind} - "
+              f"{_first_line(spec.fn)}")  # fmt: skip
+    print("schedules")
+    for name in SCHEDULES.names():
+        print(f"  {name} - {_first_line(SCHEDULES[name])}")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from diffspeed.eval.reference import RECOMMENDED_GUIDANCE
+    from diffspeed.models.io import atomic_write_json
+    from diffspeed.models.teacher import guided_teacher, load_teacher
+    from diffspeed.solvers.noise import seeded_noise
+    from diffspeed.solvers.optimize import CALIBRATION_SEED_BASE, tune_schedule
+
+    torch.set_num_threads(args.threads)
+    guidance = RECOMMENDED_GUIDANCE if args.guidance is None else args.guidance
+    den = load_teacher(args.teacher)
+    if guidance != 1.0:
+        den = guided_teacher(guidance, den)
+    seeds = [CALIBRATION_SEED_BASE + i for i in range(args.calib_n)]
+    noise = seeded_noise(seeds, (1, 8, 8))
+    labels = torch.arange(args.calib_n) % 10
+    opts = json.loads(args.solver_options) if args.solver_options else None
+    res = tune_schedule(
+        den, noise, args.solver, args.steps, cond={"class_labels": labels}, method=args.method,
+        base=args.base, rounds=args.rounds, solver_options=opts,
+    )  # fmt: skip
+    doc = res.to_json()
+    doc["calibration"] = {
+        "n": args.calib_n, "seeds": f"{CALIBRATION_SEED_BASE} + i", "labels": "i % 10",
+        "guidance": guidance,
+    }  # fmt: skip
+    atomic_write_json(Path(args.out), doc)
+    print(f"wrote {args.out}: {args.method} schedule for {args.solver} x {args.steps} steps; "
+          f"calibration MSE {res.loss_before:.4g} ({args.base}) -> {res.loss_after:.4g}; "
+          f"cost {res.nfe} network evaluations on {args.calib_n} calibration noises")  # fmt: skip
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``solvers`` and ``tune-schedule``."""
+    p = sub.add_parser("solvers", help="list the solvers and step schedules")
+    p.set_defaults(func=_solvers)
+
+    p = sub.add_parser("tune-schedule", help="optimise a step schedule for the teacher (no data)")
+    p.add_argument("--solver", default="dpmpp_2m")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--out", type=Path, default=Path("schedule.json"))
+    p.add_argument("--method", choices=("ays", "dp"), default="ays")
+    p.add_argument("--base", default="karras", help="starting / baseline schedule")
+    p.add_argument("--rounds", type=int, default=4, help="coordinate-search rounds (ays)")
+    p.add_argument("--calib-n", type=int, default=32, help="calibration noises (seeds disjoint "
+                   "from the reference set)")  # fmt: skip
+    p.add_argument("--guidance", type=float, default=None, help="default: recommended scale")
+    p.add_argument("--solver-options", default=None, help="JSON, e.g. '{\"order\": 2}'")
+    p.add_argument("--teacher", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_tune)
