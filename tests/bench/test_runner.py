@@ -117,3 +117,33 @@ def test_diffusers_folder_model(tmp_path):
     res = run_bench(plan, tmp_path / "out", model=ModelOptions(source=str(tmp_path / "m")))
     assert res["manifest"]["num_classes"] == 10
     assert math.isfinite(res["rows"]["euler-3-karras"]["fdd"])
+
+
+def test_import_path_model_without_digit_metrics(tmp_path, monkeypatch):
+    """A user's ``module:function`` denoiser: fidelity to its own reference, no digit metrics."""
+    (tmp_path / "my_tiny_model.py").write_text(
+        "import torch\n"
+        "from diffspeed import VEDenoiser\n\n\n"
+        "def make():\n"
+        "    den = VEDenoiser(lambda x, s: torch.tanh(x) * 0.5, 0.01, 20.0)\n"
+        "    den.sample_shape = (3, 4, 4)\n"
+        "    return den\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings = BenchSettings(
+        samples=12,
+        batch_size=6,
+        warmup=0,
+        repeats=1,
+        threads=1,
+        reference_steps=10,
+        guidance=1.0,
+        baseline={"solver": "euler", "steps": 8, "schedule": "karras"},
+    )
+    plan = BenchPlan(settings, (Row(name="heun-3", solver="heun", steps=3, schedule="karras"),))
+    res = run_bench(plan, tmp_path / "out", model=ModelOptions(source="my_tiny_model:make"))
+    rec = res["rows"]["heun-3"]
+    assert rec["fdd"] is None and rec["accuracy"] is None
+    assert math.isfinite(rec["psnr"]) and rec["rmse"] > 0 and rec["nfe"] == 5
+    assert res["manifest"]["sample_shape"] == [3, 4, 4]
+    assert (tmp_path / "out" / "pareto.png").is_file()

@@ -168,8 +168,8 @@ def load_model(opts: ModelOptions, guidance: float, device: torch.device) -> Ben
             "(or give the denoiser a sample_shape attribute)"
         )
     model = getattr(den, "model", None)
-    if isinstance(model, torch.nn.Module):
-        model.to(device)
+    if isinstance(den, torch.nn.Module):
+        den.to(device)  # the network and the adapter's buffers
     return BenchContext(
         denoiser=den,
         sample_shape=tuple(int(s) for s in shape),
@@ -211,7 +211,8 @@ def _reference(ctx: BenchContext, s: BenchSettings, cache_dir: Path, progress: b
         ref = reference_set(spec, teacher_path=ctx.teacher_path, progress=progress)
         return RunReference(ref.noise, ref.labels, spec.seeds(), ref.samples, ref.digest)
     # a user's model: the same recipe, cached beside the results
-    key_src = repr((asdict(spec), ctx.sample_shape, _weights_digest(ctx.denoiser.model)))
+    digest = _weights_digest(getattr(ctx.denoiser, "model", None))
+    key_src = repr((asdict(spec), ctx.sample_shape, digest))
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     path = cache_dir / f"reference-{key}.safetensors"
     labels = spec.labels() % max(1, ctx.num_classes)
@@ -317,7 +318,7 @@ def manifest(ctx: BenchContext, s: BenchSettings, ref: RunReference, procs: int)
         },
         "git": _git_commit(),
         "reference_digest": ref.digest,
-        "model_digest": _weights_digest(ctx.denoiser.model),
+        "model_digest": _weights_digest(getattr(ctx.denoiser, "model", None)),
         "sample_shape": list(ctx.sample_shape),
         "num_classes": ctx.num_classes,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -378,8 +379,11 @@ def plan_rows(plan: BenchPlan) -> list[Row]:
     rows = [base]
     for r in plan.rows:
         same = Row.from_dict({**r.to_dict(), "name": base.label}).digest() == base.digest()
-        if not same and r.label != base.label:
-            rows.append(r)
+        if same:
+            continue
+        if r.label == base.label:
+            raise ConfigError(f"row {r.label!r} has the baseline's name; rename it")
+        rows.append(r)
     for r in rows:  # unknown methods fail before anything runs
         if r.kind not in METHODS:
             raise unknown_name(f"method of row {r.label!r}:", r.kind, METHODS.names())
