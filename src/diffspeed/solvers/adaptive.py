@@ -2,8 +2,8 @@
 Jolicoeur-Martineau et al. 2021's tolerance / step-size control).
 
 Takes a tolerance instead of a step count: it integrates from the schedule's first sigma to
-its last non-zero sigma (the grid in between is ignored), then denoises if the schedule ends
-at 0. The NFE used and accepted / rejected step counts go to ``info``.
+its last non-zero sigma (the grid in between is ignored; a one-step schedule means down to the
+model's ``sigma_min``), then denoises if the schedule ends at 0. The NFE used and accepted / rejected step counts go to ``info``.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def adaptive(
         raise ConfigError(f"adaptive needs rtol > 0 and atol > 0, got rtol={rtol}, atol={atol}")
     cond = cond or {}
     s_end = float(sigmas[-2]) if float(sigmas[-1]) == 0 else float(sigmas[-1])
+    if s_end == float(sigmas[0]):  # a one-step schedule: integrate down to the model's sigma_min
+        s_end = denoiser.sigma_min
     lam_s, lam_end = -math.log(float(sigmas[0])), -math.log(s_end)
     h, nfe, accepted, rejected, d_s = h_init, 0, 0, 0, None
     while lam_s < lam_end - 1e-9 and nfe < max_nfe:

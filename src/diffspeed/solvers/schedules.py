@@ -140,7 +140,15 @@ def load_schedule(path: str | Path) -> torch.Tensor:
 def get_sigmas(
     den: Any, schedule: str | Path | torch.Tensor | None, steps: int | None, **options: Any
 ) -> torch.Tensor:
-    """Resolve a schedule (name, JSON path, or explicit sigmas) to validated sigmas."""
+    """Resolve a schedule (name, JSON path, or explicit sigmas) to validated sigmas.
+
+    Option ``final`` (for named schedules): ``"zero"`` (default) ends at sigma 0, the last
+    step landing on the data prediction; ``"sigma_min"`` ends at the model's ``sigma_min``
+    instead (no final denoising; diffusers' ``final_sigmas_type="sigma_min"``).
+    """
+    final = options.pop("final", "zero")
+    if final not in ("zero", "sigma_min"):
+        raise ConfigError(f"final must be 'zero' or 'sigma_min', got {final!r}")
     if isinstance(schedule, torch.Tensor | list | tuple):
         return check_sigmas(den, torch.as_tensor(schedule, dtype=torch.float64))
     if isinstance(schedule, Path) or (isinstance(schedule, str) and schedule.endswith(".json")):
@@ -152,4 +160,9 @@ def get_sigmas(
         sigmas = fn(den, steps, **options)
     except TypeError as e:
         raise ConfigError(f"schedule {schedule!r}: {e}") from None
+    if final == "sigma_min" and float(sigmas[-1]) == 0:
+        body = sigmas[:-1]
+        if float(body[-1]) > den.sigma_min * (1 + 1e-6):
+            body = torch.cat([body, body.new_tensor([den.sigma_min])])
+        sigmas = body
     return check_sigmas(den, sigmas)
