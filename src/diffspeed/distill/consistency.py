@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -256,3 +257,112 @@ def consistency_student(
 
     inner = make_student(teacher, parameterization, w_conditioned=w_conditioned)
     return ConsistencyDenoiser(inner, boundary)
+
+
+def consistency_recipe(den: Any, steps: int = 4, *, guidance: float = 1.0, w_range=None) -> Any:
+    """The sampling recipe stored with a consistency student: the ``lcm`` sampler on the LCM
+    scheduler's timesteps (``steps`` of them; any other count works at load time)."""
+    from diffspeed.distill.students import Recipe
+    from diffspeed.solvers.schedules import get_sigmas
+
+    sigmas = get_sigmas(den, "lcm", steps)
+    return Recipe(
+        "lcm",
+        tuple(float(s) for s in sigmas),
+        guidance=guidance,
+        w_conditioned=w_range is not None,
+        w_range=tuple(w_range) if w_range is not None else None,
+    )
+
+
+def train_consistency(
+    student: ConsistencyDenoiser,
+    loss: Any,
+    teacher: Any,
+    config: Any,
+    out_dir: str | Path,
+    *,
+    data: Any,
+    recipe: Any,
+    resume: bool = True,
+    evaluate: Any = None,
+    progress: bool = False,
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Train a consistency student with the shared loop and save its EMA weights.
+
+    Writes ``out_dir/student.safetensors`` (+ ``.json``: architecture, ``recipe``, and
+    ``info`` with the boundary scalings and the method's config) and returns its path.
+    """
+    from diffspeed.distill.students import module_digest, save_student
+    from diffspeed.distill.trainer import train
+
+    base = getattr(teacher, "model", None)
+    run_info = {"teacher": module_digest(base) if base is not None else None}
+    result = train(
+        student,
+        loss,
+        config,
+        out_dir,
+        data=data,
+        teacher=teacher,
+        resume=resume,
+        evaluate=evaluate,
+        run_info=run_info,
+        progress=progress,
+    )
+    best = result.best
+    meta = {
+        "boundary": best.boundary.to_dict(),
+        "method": type(loss.config).__name__.lower(),
+        "config": asdict(loss.config),
+        "train": config.to_dict(),
+        **run_info,
+        **(info or {}),
+    }
+    path = Path(out_dir) / "student.safetensors"
+    save_student(path, best.inner, recipe, **meta)
+    return path
+
+
+def load_consistency(
+    name_or_path: str | Path, *, device: str | torch.device = "cpu"
+) -> tuple[ConsistencyDenoiser, Any]:
+    """Load a consistency student (shipped name such as ``"cd"`` / ``"lcm"``, or a path):
+    ``(ConsistencyDenoiser, Recipe)``. Sample it with :func:`sample_consistency` or
+    ``diffspeed.sample(den, noise, "lcm", steps, "lcm", cond=recipe.cond(labels))``."""
+    import json
+
+    from diffspeed.distill.students import _resolve, load_student
+    from diffspeed.errors import WeightsError
+
+    den, recipe = load_student(name_or_path, device=device)
+    info = json.loads(_resolve(name_or_path).with_suffix(".json").read_text()).get("info", {})
+    if "boundary" not in info:
+        raise WeightsError(
+            f"{name_or_path} is not a consistency student (no boundary scalings in its config); "
+            "load it with diffspeed.distill.students.load_student"
+        )
+    return ConsistencyDenoiser(den, Boundary(**info["boundary"])), recipe
+
+
+def sample_consistency(
+    student: Any,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int = 4,
+    *,
+    guidance: float | None = None,
+    generator: Any = None,
+    solver: str = "lcm",
+    schedule: str = "lcm",
+) -> torch.Tensor:
+    """Few-step samples of a consistency student ``(denoiser, recipe)`` (or a name/path).
+
+    ``generator`` seeds the re-noising (per-sample seeds make samples batch-independent).
+    """
+    from diffspeed.solvers import sample
+
+    den, recipe = student if isinstance(student, tuple) else load_consistency(student)
+    cond = recipe.cond(labels.to(den.device), guidance)
+    return sample(den, noise, solver, steps, schedule, cond=cond, generator=generator)

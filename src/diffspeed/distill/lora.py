@@ -280,3 +280,62 @@ def lcm_pipeline(unet: nn.Module | None = None) -> Any:
     keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
     sched = LCMScheduler(**{k: SCHEDULER_CONFIG[k] for k in keys})
     return LCMDigitsPipeline(peft_unet(unet), sched)
+
+
+def lora_student(teacher: Any, config: LoRA = LoRA(), boundary: Any = None) -> Any:
+    """A consistency student = a frozen copy of the teacher's network + trainable LoRA."""
+    from diffspeed.core.adapters import DiscreteVPDenoiser
+    from diffspeed.distill.consistency import Boundary, ConsistencyDenoiser
+
+    inner = getattr(teacher, "inner", teacher)
+    if not isinstance(inner, DiscreteVPDenoiser) or inner.model is None:
+        raise UnsupportedModelError("LCM-LoRA needs a discrete-time VP teacher around a module")
+    net = add_lora(copy.deepcopy(inner.model), config).train()
+    den = DiscreteVPDenoiser(net, inner.alphas_cumprod, inner.prediction)
+    den.null_label = getattr(inner, "null_label", 10)
+    return ConsistencyDenoiser(den, boundary or Boundary())
+
+
+def train_lcm_lora(
+    teacher: Any,
+    loss: Any,
+    config: LoRA,
+    train_config: Any,
+    out_dir: str | os.PathLike,
+    *,
+    data: Any,
+    resume: bool = True,
+    evaluate: Any = None,
+    progress: bool = False,
+) -> Path:
+    """LCM-LoRA: the LCM loss (``loss``, an :class:`~diffspeed.distill.lcm.LCMLoss` without a
+    guidance embedding) on a LoRA student; the trained adapter (EMA weights) is saved to
+    ``out_dir/lora/`` in the diffusers format. Returns that directory."""
+    from diffspeed.distill.students import module_digest
+    from diffspeed.distill.trainer import train
+
+    student = lora_student(teacher, config, loss.config.boundary)
+    digest = module_digest(teacher.model)
+    result = train(
+        student,
+        loss,
+        train_config,
+        out_dir,
+        data=data,
+        teacher=teacher,
+        resume=resume,
+        evaluate=evaluate,
+        run_info={"teacher": digest, "lora": asdict(config)},
+        progress=progress,
+    )
+    info = {
+        "boundary": result.best.boundary.to_dict(),
+        "method": "lcm-lora",
+        "config": asdict(loss.config),
+        "train": train_config.to_dict(),
+        "teacher": digest,
+        "sampler": {"solver": "lcm", "schedule": "lcm", "guidance": loss.config.w_min},
+    }
+    out = Path(out_dir) / "lora"
+    save_lora(out, result.best.model, config, info)
+    return out

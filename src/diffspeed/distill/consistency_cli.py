@@ -1,0 +1,375 @@
+"""``diffspeed consistency cd|ct|lcm|lcm-lora|finetune|sample``: consistency models from the CLI.
+
+Each training command runs the shared distillation loop (HF Accelerate; ``accelerate launch``
+works) and writes ``--out/student.safetensors`` (+ ``.json``) or, for ``lcm-lora``, the
+diffusers-format adapter directory ``--out/lora/``; ``--ship NAME`` also copies the result
+into the package (``models/assets/students/NAME``, int8-compressed weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+from typing import Any
+
+from diffspeed.errors import ConfigError
+
+
+def _w_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{text!r}: expected two numbers like 1,3") from None
+    return lo, hi
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from diffspeed.distill.trainer import TrainConfig
+
+    return TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        lr_schedule=args.lr_schedule,
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+    )
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
+    import torch
+
+    from diffspeed.distill.trainer import TrainData
+    from diffspeed.models.digits import load_digits
+    from diffspeed.models.teacher import load_teacher
+
+    torch.set_num_threads(args.threads)
+    if args.out.exists() and any(args.out.iterdir()) and not args.resume:
+        raise ConfigError(
+            f"{args.out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    teacher = load_teacher(args.teacher)
+    if args.data == "digits":
+        x0, y = load_digits("all")
+    else:
+        from diffspeed.distill.finetune import style_data
+
+        x0, y = style_data(args.data)
+    return teacher, TrainData(x0, {"class_labels": y})
+
+
+def _evaluator(args: argparse.Namespace, guidance: float | None) -> Any:
+    if not args.eval_every:
+        return None
+    import torch
+
+    from diffspeed.distill.consistency import sample_consistency
+    from diffspeed.distill.students import EVAL_SEED
+    from diffspeed.eval.metrics import class_accuracy, fdd
+    from diffspeed.solvers import seeded_noise
+
+    n = args.eval_samples
+    labels = torch.arange(n) % 10
+    seeds = [EVAL_SEED * 1_000_003 + i for i in range(n)]
+    noise = seeded_noise(seeds, (1, 8, 8))
+
+    def evaluate(student: Any, step: int) -> dict[str, float]:
+        from diffspeed.distill.students import Recipe
+
+        recipe = Recipe("lcm", (0.0,), guidance or 1.0, guidance is not None and args.w_cond)
+        x = sample_consistency((student, recipe), noise, labels, 4, generator=seeds)
+        return {"fdd4": fdd(x), "accuracy4": class_accuracy(x, labels)}
+
+    return evaluate
+
+
+def _ship(path: Path, name: str) -> None:
+    from diffspeed.distill.consistency import load_consistency
+    from diffspeed.distill.students import STUDENTS_DIR, save_student
+
+    den, recipe = load_consistency(path)
+    import json
+
+    info = json.loads(path.with_suffix(".json").read_text())["info"]
+    dest = STUDENTS_DIR / f"{name}.safetensors"
+    save_student(dest, den.inner, recipe, int8=True, **info)
+    print(f"shipped {dest}")
+
+
+def _cd(args: argparse.Namespace) -> int:
+    from diffspeed.distill.cd import CD, CDLoss
+    from diffspeed.distill.consistency import (
+        consistency_recipe,
+        consistency_student,
+        train_consistency,
+    )
+
+    teacher, data = _prepare(args)
+    cfg = CD(
+        solver=args.solver,
+        guidance=args.guidance,
+        n_start=args.n_start,
+        n_end=args.n_end,
+        metric=args.metric,
+        target_decay=args.target_decay,
+        groups=args.groups,
+    )
+    student = consistency_student(teacher, cfg.boundary, parameterization=args.parameterization)
+    args.w_cond = False
+    path = train_consistency(
+        student,
+        CDLoss(cfg),
+        teacher,
+        _train_config(args),
+        args.out,
+        data=data,
+        recipe=consistency_recipe(student, guidance=cfg.guidance),
+        resume=args.resume,
+        evaluate=_evaluator(args, None),
+        progress=not args.no_progress,
+    )
+    return _done(args, path)
+
+
+def _ct(args: argparse.Namespace) -> int:
+    from diffspeed.distill.consistency import (
+        consistency_recipe,
+        consistency_student,
+        train_consistency,
+    )
+    from diffspeed.distill.ct import CT, CTLoss
+
+    teacher, data = _prepare(args)
+    cfg = CT(
+        n_start=args.n_start, n_end=args.n_end, metric=args.metric, target_decay=args.target_decay
+    )
+    # initialised from the teacher's weights (as in ECT, Geng et al. 2024); trained on data only
+    student = consistency_student(teacher, cfg.boundary, parameterization=args.parameterization)
+    args.w_cond = False
+    path = train_consistency(
+        student,
+        CTLoss(cfg),
+        None,
+        _train_config(args),
+        args.out,
+        data=data,
+        recipe=consistency_recipe(student),
+        resume=args.resume,
+        evaluate=_evaluator(args, None),
+        progress=not args.no_progress,
+        info={"init": "teacher weights"},
+    )
+    return _done(args, path)
+
+
+def _lcm_config(args: argparse.Namespace, *, w_embedding: bool) -> Any:
+    from diffspeed.distill.lcm import LCM
+
+    lo, hi = _w_range(args.w_range) if w_embedding else (args.guidance, args.guidance)
+    return LCM(
+        k=args.k,
+        solver=args.solver,
+        w_min=lo,
+        w_max=hi,
+        w_embedding=w_embedding,
+        metric=args.metric,
+        target_decay=args.target_decay,
+        groups=args.groups,
+    )
+
+
+def _lcm(args: argparse.Namespace) -> int:
+    from diffspeed.distill.consistency import (
+        consistency_recipe,
+        consistency_student,
+        train_consistency,
+    )
+    from diffspeed.distill.lcm import LCMLoss
+
+    teacher, data = _prepare(args)
+    cfg = _lcm_config(args, w_embedding=True)
+    student = consistency_student(
+        teacher, cfg.boundary, parameterization=args.parameterization, w_conditioned=True
+    )
+    args.w_cond = True
+    path = train_consistency(
+        student,
+        LCMLoss(cfg),
+        teacher,
+        _train_config(args),
+        args.out,
+        data=data,
+        recipe=consistency_recipe(student, guidance=args.guidance, w_range=(cfg.w_min, cfg.w_max)),
+        resume=args.resume,
+        evaluate=_evaluator(args, args.guidance),
+        progress=not args.no_progress,
+    )
+    return _done(args, path)
+
+
+def _lcm_lora(args: argparse.Namespace) -> int:
+    from diffspeed.distill.lcm import LCMLoss
+    from diffspeed.distill.lora import LoRA, train_lcm_lora
+
+    teacher, data = _prepare(args)
+    cfg = _lcm_config(args, w_embedding=False)
+    args.w_cond = False
+    out = train_lcm_lora(
+        teacher,
+        LCMLoss(cfg),
+        LoRA(rank=args.rank, alpha=args.alpha if args.alpha else float(args.rank)),
+        _train_config(args),
+        args.out,
+        data=data,
+        resume=args.resume,
+        evaluate=_evaluator(args, None),
+        progress=not args.no_progress,
+    )
+    print(f"wrote {out}")
+    if args.ship:
+        from diffspeed.distill.students import STUDENTS_DIR
+
+        dest = STUDENTS_DIR / args.ship
+        shutil.copytree(out, dest, dirs_exist_ok=True)
+        print(f"shipped {dest}")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from diffspeed.distill.finetune import FineTune, finetune_teacher
+
+    torch.set_num_threads(args.threads)
+    cfg = FineTune(style=args.style, steps=args.steps, lr=args.lr, seed=args.seed)
+    path = finetune_teacher(args.out, cfg, teacher_path=args.teacher, progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+
+
+def _done(args: argparse.Namespace, path: Path) -> int:
+    print(f"wrote {path}")
+    if args.ship:
+        _ship(path, args.ship)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from diffspeed.commands import parse_labels
+    from diffspeed.distill.consistency import load_consistency, sample_consistency
+    from diffspeed.distill.students import Recipe
+    from diffspeed.eval.images import save_grid
+    from diffspeed.solvers import seeded_noise
+
+    torch.set_num_threads(args.threads)
+    y = torch.tensor(parse_labels(args.labels)).repeat_interleave(args.per_label)
+    seeds = list(range(args.seed, args.seed + len(y)))
+    if args.lora:
+        from diffspeed.distill.lora import load_lora
+        from diffspeed.models.teacher import load_teacher
+
+        student = (load_lora(args.lora, load_teacher(args.teacher)), Recipe("lcm", (0.0,)))
+    else:
+        student = load_consistency(args.student)
+    x = sample_consistency(
+        student,
+        seeded_noise(seeds, (1, 8, 8)),
+        y,
+        args.steps,
+        guidance=args.guidance,
+        generator=seeds,
+    )
+    save_grid(x, args.out, nrow=args.per_label, title=f"{args.steps}-step consistency sampling")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, *, steps: int, lr: float) -> None:
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--teacher", type=Path, default=None, help="teacher .safetensors")
+    p.add_argument("--data", default="digits", help="digits, or a fine-tune style (thick)")
+    p.add_argument("--parameterization", default="eps", choices=["eps", "v", "x0"])
+    p.add_argument("--metric", default="pseudo_huber", choices=["pseudo_huber", "l2"])
+    p.add_argument("--target-decay", type=float, default=0.95, help="EMA of the target net")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"])
+    p.add_argument("--ema-decay", type=float, default=0.99, help="EMA of the exported weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=0, help="4-step FDD every N steps")
+    p.add_argument("--eval-samples", type=int, default=200)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ship", default=None, help="also save into the package under this name")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``diffspeed consistency ...``."""
+    p = sub.add_parser("consistency", help="consistency models: CD, CT, LCM, LCM-LoRA")
+    methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
+
+    m = methods.add_parser("cd", help="consistency distillation (Song et al. 2023)")
+    _common(m, steps=1000, lr=1e-4)
+    m.add_argument("--solver", default="heun", help="teacher ODE solver for one step")
+    m.add_argument("--guidance", type=float, default=2.0, help="teacher CFG scale")
+    m.add_argument("--n-start", type=int, default=18)
+    m.add_argument("--n-end", type=int, default=18)
+    m.add_argument("--groups", type=int, default=4)
+    m.set_defaults(func=_cd)
+
+    m = methods.add_parser("ct", help="consistency training, no teacher (improved CT)")
+    _common(m, steps=1000, lr=1e-4)
+    m.add_argument("--n-start", type=int, default=11)
+    m.add_argument("--n-end", type=int, default=81)
+    m.set_defaults(func=_ct, target_decay=0.0)
+
+    for name, func, text in (
+        ("lcm", _lcm, "latent consistency distillation with a guidance embedding"),
+        ("lcm-lora", _lcm_lora, "LCM-LoRA: frozen teacher + LoRA (diffusers format)"),
+    ):
+        m = methods.add_parser(name, help=text)
+        _common(m, steps=1000, lr=1e-4)
+        m.add_argument("--k", type=int, default=20, help="skipping step (timesteps)")
+        m.add_argument("--solver", default="ddim", help="teacher ODE solver for one step")
+        m.add_argument("--guidance", type=float, default=2.0, help="sampling / LoRA CFG scale")
+        m.add_argument("--groups", type=int, default=4)
+        if name == "lcm":
+            m.add_argument("--w-range", default="1,3", help="trained guidance range")
+        else:
+            m.add_argument("--rank", type=int, default=8)
+            m.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default rank)")
+        m.set_defaults(func=func)
+
+    m = methods.add_parser("finetune", help="fine-tune the teacher on a style (second model)")
+    m.add_argument("--out", type=Path, required=True, help="output .safetensors")
+    m.add_argument("--teacher", type=Path, default=None)
+    m.add_argument("--style", default="thick")
+    m.add_argument("--steps", type=int, default=300)
+    m.add_argument("--lr", type=float, default=2e-4)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=_finetune)
+
+    m = methods.add_parser("sample", help="few-step samples of a consistency student to a PNG")
+    m.add_argument("--student", default="lcm", help="shipped name or student .safetensors")
+    m.add_argument("--lora", type=Path, default=None, help="an LCM-LoRA directory instead")
+    m.add_argument("--teacher", type=Path, default=None, help="base model for --lora")
+    m.add_argument("--steps", type=int, default=4)
+    m.add_argument("--guidance", type=float, default=None)
+    m.add_argument("--labels", default="0-9")
+    m.add_argument("--per-label", type=int, default=8)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--out", type=Path, default=Path("consistency.png"))
+    m.set_defaults(func=_sample)
