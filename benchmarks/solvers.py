@@ -1,0 +1,199 @@
+"""Training-free solvers vs diffusers' schedulers on the embedded teacher, side by side.
+
+For every NFE in --nfe, every diffspeed solver x schedule (plus the data-free DP-optimised
+schedule, calibrated on noises/labels disjoint from the reference seeds) and every diffusers
+scheduler (each with trailing spacing and with Karras sigmas) samples the reference set's
+noises and labels with the guided teacher (RECOMMENDED_GUIDANCE). Stage 1 screens every
+configuration by RMSE on the first --screen-n reference samples; stage 2 re-runs the best
+diffspeed and the best diffusers configuration per NFE on all --n samples and reports RMSE to
+the reference samples and FDD (the reference set's own FDD alongside).
+
+    python benchmarks/solvers.py --n 500 --out benchmarks/results/solvers.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+
+import diffspeed
+from diffspeed.eval.metrics import fdd
+from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
+from diffspeed.models.teacher import SCHEDULER_CONFIG, guided_teacher, load_teacher
+from diffspeed.solvers import SOLVERS
+from diffspeed.solvers.optimize import CALIBRATION_SEED_BASE, tune_schedule
+
+OURS = [  # (label, solver, options)
+    ("ddim", "ddim", {}),
+    ("heun", "heun", {}),
+    ("plms", "plms", {}),
+    ("ipndm", "ipndm", {}),
+    ("deis3", "deis", {}),
+    ("dpm_solver_3", "dpm_solver_3", {}),
+    ("dpmpp_3s", "dpmpp_3s", {}),
+    ("dpmpp_2m", "dpmpp_2m", {}),
+    ("dpmpp_3m", "dpmpp_3m", {}),
+    ("dpmpp_3m_strict", "dpmpp_3m", {"strict_order": True}),
+    ("unipc2", "unipc", {"order": 2}),
+    ("unipc3", "unipc", {"order": 3}),
+    ("unipc3_bh1", "unipc_bh1", {"order": 3}),
+    ("sa_solver_ode", "sa_solver", {"tau": 0.0}),
+]
+SCHEDULES = ["trailing", "karras", "exponential", "dp"]
+
+THEIRS = [  # (label, class name, kwargs, NFE -> steps)
+    ("DDIM", "DDIMScheduler", {"set_alpha_to_one": True, "clip_sample": False}, None),
+    ("PNDM", "PNDMScheduler", {"skip_prk_steps": True}, lambda n: n - 1),
+    ("DPM++2M", "DPMSolverMultistepScheduler", {"solver_order": 2}, None),
+    ("DPM++3M", "DPMSolverMultistepScheduler", {"solver_order": 3}, None),
+    ("DPM++2S", "DPMSolverSinglestepScheduler", {"solver_order": 2}, None),
+    ("DPM++3S", "DPMSolverSinglestepScheduler", {"solver_order": 3}, None),
+    ("UniPC2", "UniPCMultistepScheduler", {"solver_order": 2}, None),
+    ("UniPC3", "UniPCMultistepScheduler", {"solver_order": 3}, None),
+    ("DEIS3", "DEISMultistepScheduler", {"solver_order": 3}, None),
+    ("Euler", "EulerDiscreteScheduler", {}, None),
+    ("Heun", "HeunDiscreteScheduler", {}, lambda n: (n + 1) // 2 if n % 2 else None),
+    ("LMS", "LMSDiscreteScheduler", {}, None),
+]
+SPACINGS = {"trailing": {"timestep_spacing": "trailing"}, "karras": {"use_karras_sigmas": True}}
+
+
+def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).pow(2).mean().sqrt())
+
+
+def run_ours(den, noise, labels, solver, steps, schedule, opts, tuned):
+    sched = tuned[steps] if schedule == "dp" else schedule
+    return diffspeed.sample(den, noise, solver, steps, sched, cond={"class_labels": labels}, **opts)
+
+
+def run_theirs(unet, cls_name, kwargs, steps, noise, labels, scale):
+    """diffusers' own loop: scale_model_input -> guided UNet eps -> scheduler.step."""
+    import diffusers
+
+    cls = getattr(diffusers, cls_name)
+    extra = {k: v for k, v in kwargs.items() if k in cls().config}
+    sched = cls(**SCHEDULER_CONFIG, **extra)
+    sched.set_timesteps(steps)
+    x = noise * sched.init_noise_sigma
+    null = torch.full_like(labels, 10)
+    for t in sched.timesteps:
+        inp = sched.scale_model_input(x, t)
+        e_c, e_u = unet(
+            torch.cat([inp, inp]), t, class_labels=torch.cat([labels, null])
+        ).sample.chunk(2)
+        x = sched.step(e_u + scale * (e_c - e_u), t, x).prev_sample
+    return x, len(sched.timesteps)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=500, help="reference samples for stage 2")
+    ap.add_argument("--screen-n", type=int, default=50, help="samples for stage 1")
+    ap.add_argument("--nfe", default="4,5,6,8,10,15,20")
+    ap.add_argument("--calib-n", type=int, default=16, help="calibration noises (DP schedule)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/solvers.md"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    nfes = [int(v) for v in args.nfe.split(",")]
+    scale = RECOMMENDED_GUIDANCE
+    base = load_teacher()
+    den = guided_teacher(scale, base)
+    ref = reference_set(ReferenceSpec(n=args.n), progress=True)
+    s = args.screen_n
+    noise, labels, target = ref.noise[:s], ref.labels[:s], ref.samples[:s]
+
+    # data-free DP schedules, calibrated on seeds disjoint from the reference seeds
+    calib = diffspeed.seeded_noise([CALIBRATION_SEED_BASE + i for i in range(args.calib_n)],
+                                   (1, 8, 8))  # fmt: skip
+    tuned, tune_nfe = {}, 0
+    for steps in sorted({SOLVERS[sv].steps_for_nfe(n) for _, sv, _ in OURS for n in nfes}):
+        res = tune_schedule(den, calib, "dpmpp_2m", steps, method="dp", grid=40,
+                            cond={"class_labels": torch.arange(args.calib_n) % 10})  # fmt: skip
+        tuned[steps], tune_nfe = torch.tensor(res.sigmas), tune_nfe + res.nfe
+
+    rows = []  # (nfe, side, label, rmse)
+    with torch.inference_mode():
+        for nfe in nfes:
+            for label, sv, opts in OURS:
+                spec = SOLVERS[sv]
+                steps = spec.steps_for_nfe(nfe)
+                if spec.nfe(steps) != nfe:
+                    continue
+                for sch in SCHEDULES:
+                    x = run_ours(den, noise, labels, sv, steps, sch, opts, tuned)
+                    rows.append((nfe, "diffspeed", f"{label}/{sch}", rmse(x, target)))
+            for label, cls, kw, to_steps in THEIRS:
+                steps = to_steps(nfe) if to_steps else nfe
+                if not steps:
+                    continue
+                for sp, skw in SPACINGS.items():
+                    x, used = run_theirs(
+                        base.model, cls, {**kw, **skw}, steps, noise, labels, scale
+                    )
+                    if used == nfe:
+                        rows.append((nfe, "diffusers", f"{label}/{sp}", rmse(x, target)))
+
+    # stage 2: best of each side per NFE on all n samples, RMSE + FDD
+    table, spec_by_label = [], {lab: (sv, o) for lab, sv, o in OURS}
+    theirs_by_label = {lab: (c, k, f) for lab, c, k, f in THEIRS}
+    fdd_ref = fdd(ref.samples)
+    with torch.inference_mode():
+        for nfe in nfes:
+            best = {}
+            for side in ("diffspeed", "diffusers"):
+                cands = [r for r in rows if r[0] == nfe and r[1] == side]
+                if cands:
+                    best[side] = min(cands, key=lambda r: r[3])[2]
+            full = {}
+            if "diffspeed" in best:
+                lab, sch = best["diffspeed"].split("/")
+                sv, o = spec_by_label[lab]
+                steps = SOLVERS[sv].steps_for_nfe(nfe)
+                full["diffspeed"] = run_ours(den, ref.noise, ref.labels, sv, steps, sch, o, tuned)
+            if "diffusers" in best:
+                lab, sp = best["diffusers"].split("/")
+                cls, kw, f = theirs_by_label[lab]
+                steps = f(nfe) if f else nfe
+                full["diffusers"] = run_theirs(base.model, cls, {**kw, **SPACINGS[sp]}, steps,
+                                               ref.noise, ref.labels, scale)[0]  # fmt: skip
+            r = {k: rmse(v, ref.samples) for k, v in full.items()}
+            f_ = {k: fdd(v) for k, v in full.items()}
+            table.append((nfe, best, r, f_))
+
+    lines = [
+        f"Teacher guided at w={scale}; reference: {ReferenceSpec(n=args.n)} (digest "
+        f"{ref.digest}); screening on the first {s} reference samples, final numbers on all "
+        f"{args.n}. DP schedules calibrated on {args.calib_n} noises with seeds "
+        f"{CALIBRATION_SEED_BASE}+i (disjoint), cost {tune_nfe} network evaluations in total. "
+        f"Reference FDD {fdd_ref:.3f}. Wall time {time.time() - t0:.0f} s.",
+        "",
+        "| NFE | diffspeed best | RMSE | FDD | diffusers best | RMSE | FDD | RMSE ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for nfe, best, r, f_ in table:
+        ratio = r.get("diffspeed", math.nan) / r.get("diffusers", math.nan)
+        lines.append(
+            f"| {nfe} | {best.get('diffspeed', '-')} | {r.get('diffspeed', math.nan):.4f} | "
+            f"{f_.get('diffspeed', math.nan):.3f} | {best.get('diffusers', '-')} | "
+            f"{r.get('diffusers', math.nan):.4f} | {f_.get('diffusers', math.nan):.3f} | "
+            f"{ratio:.3f} |"
+        )
+    summary = "\n".join(lines)
+    full_rows = ["", f"Full screening table (RMSE on {s} samples)", "", "| NFE | side | "
+                 "config | RMSE |", "|---|---|---|---|"]  # fmt: skip
+    full_rows += [f"| {n} | {side} | {lab} | {v:.4f} |" for n, side, lab, v in sorted(rows)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(summary + "\n" + "\n".join(full_rows) + "\n")
+    print(summary)
+    print(f"\nfull table: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
