@@ -96,10 +96,6 @@ def tiny_flux():
     ).eval()
 
 
-def _den(model):
-    return diffspeed.from_diffusers(model, build_scheduler())
-
-
 class Case:
     """A model, a denoiser over it, noise and conditioning for ``diffspeed.sample``."""
 

@@ -11,7 +11,7 @@ gets an :class:`UnsupportedModelError` listing the supported ones.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,7 +50,6 @@ class ModelAdapter:
     blocks: Callable[[nn.Module], list[nn.Module]] | None = None
     joint: bool = False
     modulated_input: Callable[[nn.Module, tuple, dict], torch.Tensor] | None = None
-    notes: str = field(default="", compare=False)
 
     def model_class(self) -> type | None:
         """The diffusers class, or None if this diffusers version lacks it."""

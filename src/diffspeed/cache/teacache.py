@@ -56,7 +56,9 @@ class TeaCache(CacheConfig):
 
     def build(self, model: nn.Module, adapter: Any) -> TeaCacheRuntime:
         if adapter.modulated_input is None:
-            raise UnsupportedModelError(f"TeaCache has no modulated-input rule for {adapter}")
+            raise UnsupportedModelError(
+                f"TeaCache has no modulated-input rule for {adapter.class_name}"
+            )
         return TeaCacheRuntime(self, model, adapter)
 
 
