@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from diffspeed.eval.metrics import fdd
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
 from diffspeed.models.teacher import SCHEDULER_CONFIG, guided_teacher, load_teacher
 from diffspeed.solvers import SOLVERS
-from diffspeed.solvers.optimize import CALIBRATION_SEED_BASE, tune_schedule
+from diffspeed.solvers.optimize import CALIBRATION_SEED_BASE, dp_schedules
 
 OURS = [  # (label, solver, options)
     ("ddim", "ddim", {}),
@@ -62,6 +63,10 @@ THEIRS = [  # (label, class name, kwargs, NFE -> steps)
 SPACINGS = {"trailing": {"timestep_spacing": "trailing"}, "karras": {"use_karras_sigmas": True}}
 
 
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).pow(2).mean().sqrt())
 
@@ -96,6 +101,7 @@ def main() -> None:
     ap.add_argument("--screen-n", type=int, default=50, help="samples for stage 1")
     ap.add_argument("--nfe", default="4,5,6,8,10,15,20")
     ap.add_argument("--calib-n", type=int, default=16, help="calibration noises (DP schedule)")
+    ap.add_argument("--grid", type=int, default=100, help="DP candidate timesteps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/solvers.md"))
     args = ap.parse_args()
@@ -105,6 +111,7 @@ def main() -> None:
     scale = RECOMMENDED_GUIDANCE
     base = load_teacher()
     den = guided_teacher(scale, base)
+    log(f"reference set n={args.n}")
     ref = reference_set(ReferenceSpec(n=args.n), progress=True)
     s = args.screen_n
     noise, labels, target = ref.noise[:s], ref.labels[:s], ref.samples[:s]
@@ -112,15 +119,15 @@ def main() -> None:
     # data-free DP schedules, calibrated on seeds disjoint from the reference seeds
     calib = diffspeed.seeded_noise([CALIBRATION_SEED_BASE + i for i in range(args.calib_n)],
                                    (1, 8, 8))  # fmt: skip
-    tuned, tune_nfe = {}, 0
-    for steps in sorted({SOLVERS[sv].steps_for_nfe(n) for _, sv, _ in OURS for n in nfes}):
-        res = tune_schedule(den, calib, "dpmpp_2m", steps, method="dp", grid=40,
-                            cond={"class_labels": torch.arange(args.calib_n) % 10})  # fmt: skip
-        tuned[steps], tune_nfe = torch.tensor(res.sigmas), tune_nfe + res.nfe
+    all_steps = sorted({SOLVERS[sv].steps_for_nfe(n) for _, sv, _ in OURS for n in nfes})
+    calib_cond = {"class_labels": torch.arange(args.calib_n) % 10}
+    tuned, tune_nfe = dp_schedules(den, calib, all_steps, grid=args.grid, cond=calib_cond)
+    log(f"DP schedules for steps {all_steps}: {tune_nfe} NFE")
 
     rows = []  # (nfe, side, label, rmse)
     with torch.inference_mode():
         for nfe in nfes:
+            log(f"screening NFE {nfe}")
             for label, sv, opts in OURS:
                 spec = SOLVERS[sv]
                 steps = spec.steps_for_nfe(nfe)
@@ -140,6 +147,7 @@ def main() -> None:
                     if used == nfe:
                         rows.append((nfe, "diffusers", f"{label}/{sp}", rmse(x, target)))
 
+    log("stage 2")
     # stage 2: best of each side per NFE on all n samples, RMSE + FDD
     table, spec_by_label = [], {lab: (sv, o) for lab, sv, o in OURS}
     theirs_by_label = {lab: (c, k, f) for lab, c, k, f in THEIRS}

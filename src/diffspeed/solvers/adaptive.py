@@ -3,7 +3,8 @@ Jolicoeur-Martineau et al. 2021's tolerance / step-size control).
 
 Takes a tolerance instead of a step count: it integrates from the schedule's first sigma to
 its last non-zero sigma (the grid in between is ignored; a one-step schedule means down to the
-model's ``sigma_min``), then denoises if the schedule ends at 0. The NFE used and accepted / rejected step counts go to ``info``.
+model's ``sigma_min``), then denoises if the schedule ends at 0. The NFE used and the
+accepted / rejected step counts go to ``info``.
 """
 
 from __future__ import annotations

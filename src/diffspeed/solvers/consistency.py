@@ -94,19 +94,26 @@ def lcm(
 
 
 @register_schedule("lcm")
-def lcm_schedule(den: Any, steps: int, *, original_steps: int = 50) -> torch.Tensor:
+def lcm_schedule(
+    den: Any, steps: int, *, original_steps: int = 50, strength: float = 1.0
+) -> torch.Tensor:
     """The LCM scheduler's timesteps (diffusers ``LCMScheduler.set_timesteps``).
 
-    The distillation grid is ``t = k, 2k, ..., T`` minus 1 with ``k = T // original_steps``;
-    ``steps`` timesteps are taken from it at (floored) evenly spaced indices from ``T - 1``.
+    The distillation grid is ``t = k, 2k, ..., int(original_steps * strength) k`` minus 1 with
+    ``k = T // original_steps``; ``steps`` timesteps are taken from it at (floored) evenly
+    spaced indices from the top. ``strength < 1`` (diffusers' img2img knob) starts lower: from
+    pure noise this treats the marginal at that level as Gaussian, which suits eps-predicting
+    students whose ``x0`` estimate is ill-conditioned at the very top (``x0 = x - sigma eps``).
     Needs a discrete-time model (its sigmas are looked up at those timesteps).
     """
     T, d = _discrete(den, "lcm")
-    if not 1 <= steps <= original_steps <= T:
+    top = int(original_steps * strength)
+    if not (1 <= steps <= top and original_steps <= T and 0 < strength <= 1):
         raise ConfigError(
-            f"the lcm schedule needs 1 <= steps <= original_steps <= {T}, got steps={steps}, "
-            f"original_steps={original_steps}"
+            f"the lcm schedule needs 1 <= steps <= original_steps * strength and "
+            f"original_steps <= {T}, got steps={steps}, original_steps={original_steps}, "
+            f"strength={strength}"
         )
-    origin = (np.arange(1, original_steps + 1) * (T // original_steps) - 1)[::-1]
+    origin = (np.arange(1, top + 1) * (T // original_steps) - 1)[::-1]
     idx = np.floor(np.linspace(0, len(origin), num=steps, endpoint=False)).astype(np.int64)
     return _append_zero(d.t_to_sigma(torch.as_tensor(origin[idx].astype(np.float64))))

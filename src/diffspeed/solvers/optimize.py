@@ -151,6 +151,34 @@ def _coordinate_search(den, sig, loss_fn, rounds):
 
 def _dp(den, noise, cond, steps, grid, ref):
     """Watson-style DP over candidate timesteps with DDIM local errors on the reference path."""
+    cand, err = _dp_errors(den, noise, cond, grid)
+    sig, cost = _dp_solve(cand, err, steps)
+    return check_sigmas(den, sig), {"dp_cost": cost, "candidates": len(cand)}
+
+
+def dp_schedules(
+    denoiser: Any,
+    noise: torch.Tensor,
+    steps: list[int],
+    *,
+    cond: dict | None = None,
+    grid: int = 100,
+) -> tuple[dict[int, torch.Tensor], int]:
+    """DP-optimal schedules for several step counts from ONE set of local errors.
+
+    Returns ``({steps: sigmas}, nfe)``; the expensive part (reference trajectory and the
+    evaluations on it) is shared, the DP per step count is free.
+    """
+    nfe0 = denoiser.nfe
+    with torch.inference_mode():
+        cand, err = _dp_errors(denoiser, noise, cond or {}, grid)
+        out = {k: check_sigmas(denoiser, _dp_solve(cand, err, k)[0]) for k in steps}
+    return out, denoiser.nfe - nfe0
+
+
+def _dp_errors(den, noise, cond, grid):
+    """Candidate sigmas and ``err[i, j]``: MSE of a DDIM step i -> j from the reference path
+    (``j == G`` is the step to sigma 0)."""
     if not hasattr(den, "t_to_sigma") and not hasattr(getattr(den, "inner", None), "t_to_sigma"):
         raise ConfigError("the 'dp' method selects discrete timesteps; the model has none")
     vp = den if hasattr(den, "t_to_sigma") else den.inner
@@ -168,23 +196,27 @@ def _dp(den, noise, cond, steps, grid, ref):
     d = [
         den(path[i].to(noise.dtype), cand[i].expand(len(noise)), **cond).double() for i in range(g)
     ]
-    # err[i][j]: DDIM step i -> j (j > i) from the reference; j == g means "to sigma 0"
     err = torch.full((g, g + 1), math.inf, dtype=torch.float64)
     for i in range(g):
         for j in range(i + 1, g):
             step = d[i] + float(cand[j] / cand[i]) * (path[i] - d[i])
             err[i, j] = _mse(step, path[j])
         err[i, g] = _mse(d[i], x0)
-    # cost[k, j]: best k-transition path from candidate 0 to node j
+    return cand, err
+
+
+def _dp_solve(cand, err, steps):
+    """Min-cost path with exactly ``steps`` transitions from candidate 0 to sigma 0."""
+    g = len(cand)
     cost = torch.full((steps + 1, g + 1), math.inf, dtype=torch.float64)
     back = torch.zeros((steps + 1, g + 1), dtype=torch.long)
     cost[0, 0] = 0
     for k in range(1, steps + 1):
-        total = cost[k - 1, :g, None] + err  # [g, g+1]
+        total = cost[k - 1, :g, None] + err  # [g, g+1]: from node i to node j
         cost[k], back[k] = total.min(0)
     nodes, j = [], g
     for k in range(steps, 0, -1):
         j = int(back[k, j])
         nodes.append(j)
     sig = torch.cat([cand[list(reversed(nodes))], torch.zeros(1, dtype=torch.float64)])
-    return check_sigmas(den, sig), {"dp_cost": float(cost[steps, g]), "candidates": g}
+    return sig, float(cost[steps, g])
