@@ -33,6 +33,7 @@ from diffspeed.bench.config import BenchPlan, BenchSettings, Row
 from diffspeed.bench.methods import (
     METHODS,
     BenchContext,
+    Generator,
     build_generator,
     family_of,
     load_method_modules,
@@ -419,6 +420,8 @@ def run_bench(
     device = torch.device(model.device or getattr(state, "device", "cpu"))
     rows = plan_rows(plan)
     ctx = load_model(model, s.guidance, device)
+    # every row is built first, so a bad configuration fails before anything runs
+    gens = {row.label: build_generator(row, ctx) for row in rows}
     with state.main_process_first():
         ref = _reference(ctx, s, out, progress and state.is_main_process)
     results = _load_results(out, _run_key(s, ctx, ref, model.source), resume)
@@ -444,7 +447,7 @@ def run_bench(
                 log.info("row %s: kept from %s", row.label, out / RESULTS)
                 bar.advance(task)
                 continue
-            record = _run_row(row, ctx, ref, s, state, out, bar)
+            record = _run_row(row, gens[row.label], ctx, ref, s, state, out, bar)
             if state.is_main_process:
                 results["rows"][row.label] = record
                 atomic_write_json(out / RESULTS, results)
@@ -476,6 +479,7 @@ def _load_results(out: Path, key: str, resume: bool) -> dict[str, Any]:
 
 def _run_row(
     row: Row,
+    gen: Generator,
     ctx: BenchContext,
     ref: RunReference,
     s: BenchSettings,
@@ -485,7 +489,6 @@ def _run_row(
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
     log.info("row %s: computing", row.label)
-    gen = build_generator(row, ctx)
     batches = [(i, min(i + s.batch_size, s.samples)) for i in range(0, s.samples, s.batch_size)]
     parts = []
     peak = None
