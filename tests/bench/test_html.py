@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
 def test_report_renders_in_chromium(tiny_report, tmp_path):
