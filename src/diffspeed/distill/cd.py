@@ -38,6 +38,7 @@ class CD:
         n_start, n_end: discretisation points at the start / end of the curriculum (equal:
             fixed ``N``, Song et al. use 18 on CIFAR-10).
         rho: Karras spacing exponent of the discretisation.
+        sigma_max: top of the discretisation (None: the model's ``sigma_max``).
         metric: ``"l2"`` or ``"pseudo_huber"``; ``huber_c`` its constant (None: 0.00054 sqrt(d)).
         target_decay: EMA decay ``mu`` of the target network (0.95 in Song et al. for CD).
         groups: distinct discretisation indices per batch (the teacher solver runs once per
@@ -50,6 +51,7 @@ class CD:
     n_start: int = 18
     n_end: int = 18
     rho: float = 7.0
+    sigma_max: float | None = None
     metric: str = "pseudo_huber"
     huber_c: float | None = None
     target_decay: float = 0.95
@@ -92,7 +94,7 @@ class CDLoss:
     def __call__(self, student: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: Any):
         c = self.config
         n = curriculum(ctx.step, ctx.total_steps, c.n_start, c.n_end)
-        grid = karras_grid(student, n, c.rho).to(x0.device)
+        grid = karras_grid(student, n, c.rho, c.sigma_max).to(x0.device)
         idx = group_index(ctx, n - 1, c.groups)  # pair (sigma_{n+1} -> sigma_n)
         s_hi, s_lo = grid[idx + 1], grid[idx]
         view = (-1,) + (1,) * (x0.ndim - 1)

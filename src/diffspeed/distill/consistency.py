@@ -68,16 +68,22 @@ class ConsistencyDenoiser(nn.Module):
         inner: the denoiser ``D`` (e.g. a student UNet wrapped with ``from_diffusers``); its
             ``sigma_min`` is the boundary.
         boundary: the scalings (:class:`Boundary`).
+        strength: the top of the noise range it was trained on, as the ``lcm`` schedule's
+            ``strength`` (1: up to the model's ``sigma_max``); :func:`sample_consistency`
+            samples with it.
 
     The result is itself a denoiser (``f`` estimates the trajectory's end, i.e. ``x0``), so any
     solver runs on it; the consistency samplers (``solver="consistency"`` / ``"lcm"``) are the
     ones it is trained for.
     """
 
-    def __init__(self, inner: Any, boundary: Boundary = Boundary()) -> None:
+    def __init__(self, inner: Any, boundary: Boundary = Boundary(), strength: float = 1.0) -> None:
         super().__init__()
+        if not 0 < strength <= 1:
+            raise ConfigError(f"strength must be in (0, 1], got {strength}")
         self.inner = inner
         self.boundary = boundary
+        self.strength = float(strength)
 
     # The contract's attributes come from the inner denoiser.
     @property
@@ -130,24 +136,27 @@ class ConsistencyDenoiser(nn.Module):
 # --- pieces the consistency losses share (CD, CT, LCM) ---------------------------------------
 
 
-def karras_grid(den: Any, n: int, rho: float = 7.0) -> torch.Tensor:
-    """``n`` increasing float64 sigmas from ``sigma_min`` to ``sigma_max``, uniform in
-    ``sigma**(1/rho)`` (the discretisation of Song et al. 2023, Sec. 3 / EDM eq. 5)."""
+def karras_grid(den: Any, n: int, rho: float = 7.0, sigma_max: float | None = None) -> torch.Tensor:
+    """``n`` increasing float64 sigmas from ``sigma_min`` to ``sigma_max`` (the model's unless
+    given), uniform in ``sigma**(1/rho)`` (Song et al. 2023, Sec. 3 / EDM eq. 5)."""
     if n < 2:
         raise ConfigError(f"a consistency discretisation needs >= 2 points, got {n}")
-    lo, hi = den.sigma_min ** (1 / rho), den.sigma_max ** (1 / rho)
+    top = den.sigma_max if sigma_max is None else min(float(sigma_max), den.sigma_max)
+    lo, hi = den.sigma_min ** (1 / rho), top ** (1 / rho)
     return (lo + torch.linspace(0, 1, n, dtype=torch.float64) * (hi - lo)) ** rho
 
 
-def timestep_grid(den: Any, k: int) -> torch.Tensor:
+def timestep_grid(den: Any, k: int, strength: float = 1.0) -> torch.Tensor:
     """LCM's skipping-step grid (Luo et al. 2023, Sec. 4.3): the sigmas of the timesteps
-    ``0, k-1, 2k-1, ..., T-1`` of a discrete-time model, increasing (float64)."""
+    ``0, k-1, 2k-1, ..., int((T // k) * strength) k - 1`` of a discrete-time model, increasing
+    (float64); ``strength`` as in the ``lcm`` schedule (the top the sampler starts from)."""
     from diffspeed.solvers.schedules import _discrete
 
     T, d = _discrete(den, "lcm")
-    if not 1 <= k <= T // 2:
-        raise ConfigError(f"the skipping step k must be in [1, {T // 2}], got {k}")
-    ts = torch.cat([torch.zeros(1), torch.arange(1, T // k + 1) * k - 1]).double()
+    if not 1 <= k <= T // 2 or not 0 < strength <= 1:
+        raise ConfigError(f"need 1 <= k <= {T // 2} and 0 < strength <= 1, got {k}, {strength}")
+    top = max(1, int((T // k) * strength))
+    ts = torch.cat([torch.zeros(1), torch.arange(1, top + 1) * k - 1]).double()
     return d.t_to_sigma(ts.unique())
 
 
@@ -246,6 +255,7 @@ def consistency_student(
     *,
     parameterization: str = "eps",
     w_conditioned: bool = False,
+    strength: float = 1.0,
 ) -> ConsistencyDenoiser:
     """A trainable consistency student initialised from a discrete-time VP teacher.
 
@@ -256,16 +266,19 @@ def consistency_student(
     from diffspeed.distill.students import make_student
 
     inner = make_student(teacher, parameterization, w_conditioned=w_conditioned)
-    return ConsistencyDenoiser(inner, boundary)
+    return ConsistencyDenoiser(inner, boundary, strength)
 
 
-def consistency_recipe(den: Any, steps: int = 4, *, guidance: float = 1.0, w_range=None) -> Any:
+def consistency_recipe(
+    den: ConsistencyDenoiser, steps: int = 4, *, guidance: float = 1.0, w_range=None
+) -> Any:
     """The sampling recipe stored with a consistency student: the ``lcm`` sampler on the LCM
-    scheduler's timesteps (``steps`` of them; any other count works at load time)."""
+    scheduler's timesteps (``steps`` of them at the student's ``strength``; any other count
+    works at load time)."""
     from diffspeed.distill.students import Recipe
     from diffspeed.solvers.schedules import get_sigmas
 
-    sigmas = get_sigmas(den, "lcm", steps)
+    sigmas = get_sigmas(den, "lcm", steps, strength=den.strength)
     return Recipe(
         "lcm",
         tuple(float(s) for s in sigmas),
@@ -314,6 +327,7 @@ def train_consistency(
     best = result.best
     meta = {
         "boundary": best.boundary.to_dict(),
+        "strength": best.strength,
         "method": type(loss.config).__name__.lower(),
         "config": asdict(loss.config),
         "train": config.to_dict(),
@@ -343,7 +357,8 @@ def load_consistency(
             f"{name_or_path} is not a consistency student (no boundary scalings in its config); "
             "load it with diffspeed.distill.students.load_student"
         )
-    return ConsistencyDenoiser(den, Boundary(**info["boundary"])), recipe
+    strength = float(info.get("strength", 1.0))
+    return ConsistencyDenoiser(den, Boundary(**info["boundary"]), strength), recipe
 
 
 def sample_consistency(
@@ -359,10 +374,14 @@ def sample_consistency(
 ) -> torch.Tensor:
     """Few-step samples of a consistency student ``(denoiser, recipe)`` (or a name/path).
 
-    ``generator`` seeds the re-noising (per-sample seeds make samples batch-independent).
+    ``generator`` seeds the re-noising (per-sample seeds make samples batch-independent);
+    the ``lcm`` schedule starts at the student's trained ``strength``.
     """
     from diffspeed.solvers import sample
 
     den, recipe = student if isinstance(student, tuple) else load_consistency(student)
     cond = recipe.cond(labels.to(den.device), guidance)
-    return sample(den, noise, solver, steps, schedule, cond=cond, generator=generator)
+    opts = {"strength": den.strength} if schedule == "lcm" else None
+    return sample(
+        den, noise, solver, steps, schedule, cond=cond, generator=generator, schedule_options=opts
+    )

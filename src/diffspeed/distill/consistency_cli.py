@@ -87,6 +87,15 @@ def _evaluator(args: argparse.Namespace, guidance: float | None) -> Any:
     return evaluate
 
 
+def _top_sigma(teacher: Any, strength: float) -> float | None:
+    """The first sigma of the ``lcm`` schedule at ``strength`` (None for the full range)."""
+    if strength == 1.0:
+        return None
+    from diffspeed.solvers.schedules import get_sigmas
+
+    return float(get_sigmas(teacher, "lcm", 1, strength=strength)[0])
+
+
 def _ship(path: Path, name: str) -> None:
     from diffspeed.distill.consistency import load_consistency
     from diffspeed.distill.students import STUDENTS_DIR, save_student
@@ -114,11 +123,14 @@ def _cd(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         n_start=args.n_start,
         n_end=args.n_end,
+        sigma_max=_top_sigma(teacher, args.strength),
         metric=args.metric,
         target_decay=args.target_decay,
         groups=args.groups,
     )
-    student = consistency_student(teacher, cfg.boundary, parameterization=args.parameterization)
+    student = consistency_student(
+        teacher, cfg.boundary, parameterization=args.parameterization, strength=args.strength
+    )
     args.w_cond = False
     path = train_consistency(
         student,
@@ -145,10 +157,16 @@ def _ct(args: argparse.Namespace) -> int:
 
     teacher, data = _prepare(args)
     cfg = CT(
-        n_start=args.n_start, n_end=args.n_end, metric=args.metric, target_decay=args.target_decay
+        n_start=args.n_start,
+        n_end=args.n_end,
+        sigma_max=_top_sigma(teacher, args.strength),
+        metric=args.metric,
+        target_decay=args.target_decay,
     )
     # initialised from the teacher's weights (as in ECT, Geng et al. 2024); trained on data only
-    student = consistency_student(teacher, cfg.boundary, parameterization=args.parameterization)
+    student = consistency_student(
+        teacher, cfg.boundary, parameterization=args.parameterization, strength=args.strength
+    )
     args.w_cond = False
     path = train_consistency(
         student,
@@ -172,6 +190,7 @@ def _lcm_config(args: argparse.Namespace, *, w_embedding: bool) -> Any:
     lo, hi = _w_range(args.w_range) if w_embedding else (args.guidance, args.guidance)
     return LCM(
         k=args.k,
+        strength=args.strength,
         solver=args.solver,
         w_min=lo,
         w_max=hi,
@@ -193,7 +212,11 @@ def _lcm(args: argparse.Namespace) -> int:
     teacher, data = _prepare(args)
     cfg = _lcm_config(args, w_embedding=True)
     student = consistency_student(
-        teacher, cfg.boundary, parameterization=args.parameterization, w_conditioned=True
+        teacher,
+        cfg.boundary,
+        parameterization=args.parameterization,
+        w_conditioned=True,
+        strength=args.strength,
     )
     args.w_cond = True
     path = train_consistency(
@@ -296,6 +319,9 @@ def _common(p: argparse.ArgumentParser, *, steps: int, lr: float) -> None:
     p.add_argument("--data", default="digits", help="digits, or a fine-tune style (thick)")
     p.add_argument("--parameterization", default="eps", choices=["eps", "v", "x0"])
     p.add_argument("--metric", default="pseudo_huber", choices=["pseudo_huber", "l2"])
+    p.add_argument(
+        "--strength", type=float, default=1.0, help="top of the trained range (lcm schedule)"
+    )
     p.add_argument("--target-decay", type=float, default=0.95, help="EMA of the target net")
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--batch-size", type=int, default=64)

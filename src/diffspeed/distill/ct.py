@@ -35,6 +35,7 @@ class CT:
         n_start, n_end: discretisation points at the start / end of the doubling curriculum
             (iCT: 11 -> 1281 over 400k steps).
         rho: Karras spacing exponent.
+        sigma_max: top of the discretisation (None: the model's ``sigma_max``).
         p_mean, p_std: the lognormal over sigma that weights the index draw (iCT eq. 6).
         metric, huber_c: the distance (pseudo-Huber; c = 0.00054 sqrt(d) when None).
         weighting: ``"inverse_gap"`` (``1 / (sigma_{n+1} - sigma_n)``, iCT) or ``"uniform"``.
@@ -45,6 +46,7 @@ class CT:
     n_start: int = 11
     n_end: int = 81
     rho: float = 7.0
+    sigma_max: float | None = None
     p_mean: float = -1.1
     p_std: float = 2.0
     metric: str = "pseudo_huber"
@@ -90,7 +92,7 @@ class CTLoss:
     def __call__(self, student: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: Any):
         c = self.config
         n = curriculum(ctx.step, ctx.total_steps, c.n_start, c.n_end)
-        grid = karras_grid(student, n, c.rho).to(x0.device)
+        grid = karras_grid(student, n, c.rho, c.sigma_max).to(x0.device)
         probs = lognormal_index_probs(grid, c.p_mean, c.p_std)
         idx = group_index(ctx, n - 1, ctx.global_batch, probs.cpu())  # one index per sample
         s_hi, s_lo = grid[idx + 1], grid[idx]

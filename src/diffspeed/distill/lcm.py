@@ -34,6 +34,8 @@ class LCM:
 
     Attributes:
         k: the skipping step in training timesteps (grid ``0, k-1, 2k-1, ..., T-1``).
+        strength: top of the grid as a fraction of it (1: up to ``T - 1``); sample with the
+            ``lcm`` schedule's same ``strength``.
         solver: the teacher's one-step ODE solver between grid points (a registered name).
         w_min, w_max: guidance-scale range the teacher ODE is drawn from, uniformly per sample
             (diffspeed scale: 1 = conditional; LCM's ``omega`` is ``w - 1``).
@@ -46,6 +48,7 @@ class LCM:
     """
 
     k: int = 20
+    strength: float = 1.0
     solver: str = "ddim"
     w_min: float = 1.0
     w_max: float = 3.0
@@ -97,7 +100,7 @@ class LCMLoss:
 
     def __call__(self, student: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: Any):
         c = self.config
-        grid = timestep_grid(student, c.k).to(x0.device)
+        grid = timestep_grid(student, c.k, c.strength).to(x0.device)
         idx = group_index(ctx, len(grid) - 1, c.groups)  # pair (t_{n+k} -> t_n)
         s_hi, s_lo = grid[idx + 1], grid[idx]
         view = (-1,) + (1,) * (x0.ndim - 1)

@@ -216,7 +216,8 @@ def load_lora(path: str | os.PathLike, base: Any = None, *, scale: float = 1.0) 
     net = fuse_lora(inner.model, path, scale).requires_grad_(False).eval()
     den = DiscreteVPDenoiser(net, inner.alphas_cumprod, inner.prediction)
     den.null_label = getattr(inner, "null_label", 10)
-    return ConsistencyDenoiser(den, Boundary(**info.get("boundary", {})))
+    boundary = Boundary(**info.get("boundary", {}))
+    return ConsistencyDenoiser(den, boundary, float(info.get("strength", 1.0)))
 
 
 def peft_unet(unet: nn.Module) -> nn.Module:
@@ -282,7 +283,9 @@ def lcm_pipeline(unet: nn.Module | None = None) -> Any:
     return LCMDigitsPipeline(peft_unet(unet), sched)
 
 
-def lora_student(teacher: Any, config: LoRA = LoRA(), boundary: Any = None) -> Any:
+def lora_student(
+    teacher: Any, config: LoRA = LoRA(), boundary: Any = None, strength: float = 1.0
+) -> Any:
     """A consistency student = a frozen copy of the teacher's network + trainable LoRA."""
     from diffspeed.core.adapters import DiscreteVPDenoiser
     from diffspeed.distill.consistency import Boundary, ConsistencyDenoiser
@@ -293,7 +296,7 @@ def lora_student(teacher: Any, config: LoRA = LoRA(), boundary: Any = None) -> A
     net = add_lora(copy.deepcopy(inner.model), config).train()
     den = DiscreteVPDenoiser(net, inner.alphas_cumprod, inner.prediction)
     den.null_label = getattr(inner, "null_label", 10)
-    return ConsistencyDenoiser(den, boundary or Boundary())
+    return ConsistencyDenoiser(den, boundary or Boundary(), strength)
 
 
 def train_lcm_lora(
@@ -314,7 +317,7 @@ def train_lcm_lora(
     from diffspeed.distill.students import module_digest
     from diffspeed.distill.trainer import train
 
-    student = lora_student(teacher, config, loss.config.boundary)
+    student = lora_student(teacher, config, loss.config.boundary, loss.config.strength)
     digest = module_digest(teacher.model)
     result = train(
         student,
@@ -330,11 +333,17 @@ def train_lcm_lora(
     )
     info = {
         "boundary": result.best.boundary.to_dict(),
+        "strength": result.best.strength,
         "method": "lcm-lora",
         "config": asdict(loss.config),
         "train": train_config.to_dict(),
         "teacher": digest,
-        "sampler": {"solver": "lcm", "schedule": "lcm", "guidance": loss.config.w_min},
+        "sampler": {
+            "solver": "lcm",
+            "schedule": "lcm",
+            "strength": loss.config.strength,
+            "guidance": loss.config.w_min,
+        },
     }
     out = Path(out_dir) / "lora"
     save_lora(out, result.best.model, config, info)

@@ -244,27 +244,24 @@ def distill_progressive(
         path = round_dir / "student.safetensors"
         if resume and path.is_file():
             log.info("round %d (%d steps) already done: %s", k, steps, path)
-            done, _ = load_student(path)
-            student = make_student(done, config.parameterization, w_conditioned=w_conditioned)
-            teacher = frozen_copy(student)
-            continue
-        loss = ProgressiveLoss(t_sigmas, config)
-        info = {**(run_info or {}), "round": k, "steps": steps, "method": config.to_dict()}
-        eval_fn = evaluate(recipe) if evaluate is not None else None
-        res = train(
-            student,
-            loss,
-            tc,
-            round_dir,
-            data=data,
-            teacher=teacher,
-            resume=resume,
-            evaluate=eval_fn,
-            run_info=info,
-            progress=progress,
-        )
-        best = res.best
-        save_student(path, best, recipe, method="progressive", round=k, train=tc.to_dict())
+            best, _ = load_student(path)
+        else:
+            loss = ProgressiveLoss(t_sigmas, config)
+            info = {**(run_info or {}), "round": k, "steps": steps, "method": config.to_dict()}
+            res = train(
+                student,
+                loss,
+                tc,
+                round_dir,
+                data=data,
+                teacher=teacher,
+                resume=resume,
+                evaluate=evaluate(recipe) if evaluate is not None else None,
+                run_info=info,
+                progress=progress,
+            )
+            best = res.best
+            save_student(path, best, recipe, method="progressive", round=k, train=tc.to_dict())
         if on_round is not None:
             on_round(steps, path)
         # The student becomes the teacher; the next student starts from its weights.

@@ -1,0 +1,5 @@
+"""Distillation tests train tiny networks: one thread avoids OpenMP spin-waiting on a busy CPU."""
+
+import torch
+
+torch.set_num_threads(1)
