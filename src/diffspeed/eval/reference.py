@@ -22,7 +22,7 @@ log = logging.getLogger("diffspeed")
 
 #: Classifier-free guidance scale recommended for the embedded teacher (chosen on seeds
 #: disjoint from the reference seeds; see the README's teacher-quality section).
-RECOMMENDED_GUIDANCE = 2.0
+RECOMMENDED_GUIDANCE = 1.25
 
 
 @dataclass(frozen=True)

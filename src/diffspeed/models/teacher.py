@@ -110,7 +110,8 @@ def load_teacher(
         raise WeightsError(f"{cfg_path} is missing; a teacher needs its JSON config beside it")
     cfg = json.loads(cfg_path.read_text())
     unet = build_unet(cfg["unet"])
-    load_state_into(unet, load_weights(path, cfg), str(path))
+    arch = {k: cfg[k] for k in ("unet", "scheduler", "null_label") if k in cfg}
+    load_state_into(unet, load_weights(path, arch), str(path))
     unet.eval().requires_grad_(False).to(device=device)
     if dtype != torch.float32:
         unet.to(dtype=dtype)
@@ -196,8 +197,8 @@ def train_teacher(
             if progress:
                 print(f"step {step}/{cfg.steps} loss {loss.item():.4f} ({rate:.1f} it/s)")
     config = teacher_config()
+    save_weights(out, ema.state_dict(), config)  # the hash covers the architecture only
     config["training"] = asdict(cfg)
-    save_weights(out, ema.state_dict(), config)
     atomic_write_json(out.with_suffix(".json"), config)
     return out
 
