@@ -171,9 +171,9 @@ def _uni_update(x, s, t, hist, o, variant, d_new=None):
     lam0, m0 = hist[-1]
     phi1 = math.expm1(-h)
     x_t = f64(t / s, x) * x - f64(phi1, x) * m0  # DPM-Solver++(1) part
-    n_prev = o - 1 if d_new is None else o - 1
-    rks = [(hist[-(k + 1)][0] - lam0) / h for k in range(1, n_prev + 1)]
-    d1s = [(hist[-(k + 1)][1] - m0) / r for k, r in zip(range(1, n_prev + 1), rks, strict=True)]
+    # both UniP and UniC of order o use the o - 1 outputs before m0 (divided differences)
+    rks = [(hist[-(k + 1)][0] - lam0) / h for k in range(1, o)]
+    d1s = [(hist[-(k + 1)][1] - m0) / r for k, r in zip(range(1, o), rks, strict=True)]
     b_h, (rmat, b) = _unipc_coeffs(rks, h, o, variant)
     if d_new is None:
         if not d1s:
