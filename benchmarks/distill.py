@@ -1,0 +1,179 @@
+"""Distilled students vs the teacher's reference and vs training-free solvers at the same NFE.
+
+For each shipped student (progressive-8/4/2/1, guided-4/2/1): FDD and class accuracy on the
+reference set's noises and labels (ReferenceSpec(n=1000): the teacher, guided w=2, Heun 100
+Karras steps), the FDD ratio to the reference samples' FDD and the target; the best of several
+training-free solvers on the guided teacher at the same NFE; the int8-stored student against
+its fp32 weights (when the training run directory is given); and the cost of one guided step
+(teacher: cond + uncond batched, i.e. two forwards) against one guided-student step (one
+forward), timed side by side (warm-up, median of repeats, fixed threads).
+
+    python benchmarks/distill.py --runs runs/distill/final
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from diffspeed.distill.students import load_student, sample_student, shipped_students
+from diffspeed.errors import DiffspeedError
+from diffspeed.eval.metrics import class_accuracy, fdd
+from diffspeed.eval.reference import ReferenceSpec, reference_set
+from diffspeed.models.teacher import guided_teacher, load_teacher
+from diffspeed.solvers import sample
+from diffspeed.solvers.registry import SOLVERS
+
+#: Target FDD ratio to the teacher's reference FDD per student step count.
+TARGETS = {4: 1.1, 2: 1.25, 1: 1.6}
+#: Training-free candidates (solver, schedule) compared at each NFE.
+BASELINES = [
+    ("ddim", "trailing"),
+    ("ddim", "karras"),
+    ("dpmpp_2m", "karras"),
+    ("dpmpp_2m", "logsnr"),
+    ("unipc", "logsnr"),
+    ("ipndm", "karras"),
+    ("deis", "logsnr"),
+    ("heun", "karras"),
+]
+
+
+def batched(fn, noise, labels, batch):
+    return torch.cat(
+        [fn(noise[i : i + batch], labels[i : i + batch]) for i in range(0, len(noise), batch)]
+    )
+
+
+def best_solver(teacher, ref, nfe: int, batch: int) -> tuple[str, float, float]:
+    """The lowest-FDD training-free (solver, schedule) on the guided teacher at ``nfe``."""
+    best = ("-", float("inf"), 0.0)
+    for solver, schedule in BASELINES:
+        steps = SOLVERS[solver].steps_for_nfe(nfe)
+        if SOLVERS[solver].nfe(steps) != nfe:
+            continue
+        try:
+            x = batched(
+                lambda z, y, s=solver, sc=schedule, st=steps: sample(
+                    teacher, z, s, st, sc, cond={"class_labels": y}
+                ),
+                ref.noise,
+                ref.labels,
+                batch,
+            )
+        except DiffspeedError:
+            continue
+        score = fdd(x)
+        if score < best[1]:
+            best = (f"{solver}/{schedule}", score, class_accuracy(x, ref.labels))
+    return best
+
+
+def step_cost(student, teacher, batch: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of one guided step: student (one forward) vs teacher (cond + uncond)."""
+    den, recipe = student
+    x = torch.randn(batch, 1, 8, 8)
+    y = torch.arange(batch) % 10
+    sigma = torch.full((batch,), 10.0)
+    cond_s = recipe.cond(y, 2.0)
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - t0)
+        return statistics.median(runs)
+
+    with torch.inference_mode():
+        ts = timed(lambda: den(x, sigma, **cond_s))
+        tt = timed(lambda: teacher(x, sigma, class_labels=y))
+    return ts, tt
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=1000, help="reference samples (the report set)")
+    p.add_argument("--runs", type=Path, default=None, help="training run dir (fp32 students)")
+    p.add_argument("--teacher", type=Path, default=None, help="teacher .safetensors")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--repeats", type=int, default=7)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+
+    ref = reference_set(ReferenceSpec(n=a.n), teacher_path=a.teacher)
+    ref_fdd, ref_acc = fdd(ref.samples), class_accuracy(ref.samples, ref.labels)
+    teacher = guided_teacher(ref.spec.guidance, load_teacher(a.teacher))
+    print(
+        f"reference: n={a.n}, guided w={ref.spec.guidance}, {ref.spec.solver} "
+        f"{ref.spec.steps} {ref.spec.schedule} steps: FDD {ref_fdd:.3f}, accuracy {ref_acc:.3f}"
+    )
+    print(f"threads {a.threads}, torch {torch.__version__}\n")
+
+    names = [s for s in shipped_students() if s.split("-")[0] in ("progressive", "guided")]
+    rows, baselines = [], {}
+    print(
+        "| student | steps (NFE) | FDD | FDD / ref | target | accuracy "
+        "| best solver at same NFE (FDD, acc) | beats it |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name in sorted(names, key=lambda s: (s.split("-")[0], -int(s.split("-")[1]))):
+        student = load_student(name)
+        steps = student[1].steps
+        x = batched(
+            lambda z, y, st=student: sample_student(st, z, y, guidance=2.0),
+            ref.noise,
+            ref.labels,
+            a.batch,
+        )
+        f, acc = fdd(x), class_accuracy(x, ref.labels)
+        if steps not in baselines:
+            baselines[steps] = best_solver(teacher, ref, steps, a.batch)
+        bname, bfdd, bacc = baselines[steps]
+        target = TARGETS.get(steps)
+        ok = "" if target is None else (" (met)" if f / ref_fdd <= target else " (missed)")
+        print(
+            f"| {name} | {steps} | {f:.3f} | {f / ref_fdd:.3f} | "
+            f"{'-' if target is None else f'<= {target}'}{ok} | {acc:.3f} | "
+            f"{bname} ({bfdd:.3f}, {bacc:.3f}) | {'yes' if f < bfdd else 'no'} |",
+            flush=True,
+        )
+        rows.append((name, student, x, f))
+
+    if a.runs is not None:
+        print("\nint8 storage vs fp32 weights (same noise):\n")
+        print("| student | FDD int8 (shipped) | FDD fp32 | difference |")
+        print("|---|---|---|---|")
+        for name, _, _, f in rows:
+            method, steps = name.split("-")
+            path = a.runs / method / f"round-{steps}" / "student.safetensors"
+            if not path.is_file():
+                continue
+            fp32 = load_student(path)
+            x = batched(
+                lambda z, y, st=fp32: sample_student(st, z, y, guidance=2.0),
+                ref.noise,
+                ref.labels,
+                a.batch,
+            )
+            f32 = fdd(x)
+            print(f"| {name} | {f:.3f} | {f32:.3f} | {f - f32:+.3f} |")
+
+    guided = [r for r in rows if r[1][1].w_conditioned]
+    if guided:
+        ts, tt = step_cost(guided[0][1], teacher, 64, a.repeats)
+        print(
+            f"\none guided step, batch 64 (median of {a.repeats}): "
+            f"guided student {ts * 1e3:.1f} ms "
+            f"(1 forward), guided teacher {tt * 1e3:.1f} ms (cond+uncond); ratio {tt / ts:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
