@@ -183,7 +183,8 @@ def main() -> None:
     lines = [
         f"Teacher guided at w={scale}; reference: {ReferenceSpec(n=args.n)} (digest "
         f"{ref.digest}); screening on {s} samples of a disjoint set (ReferenceSpec seed "
-        f"{SCREEN_SEED}), final numbers on all {args.n} reference samples. DP schedules calibrated on {args.calib_n} noises with seeds "
+        f"{SCREEN_SEED}), final numbers on all {args.n} reference samples. DP schedules "
+        f"calibrated on {args.calib_n} noises with seeds "
         f"{CALIBRATION_SEED_BASE}+i (disjoint), cost {tune_nfe} network evaluations in total. "
         f"Reference FDD {fdd_ref:.3f}. Wall time {time.time() - t0:.0f} s.",
         "",
@@ -199,8 +200,8 @@ def main() -> None:
             f"{ratio:.3f} |"
         )
     summary = "\n".join(lines)
-    full_rows = ["", f"Full screening table (RMSE on the {s}-sample screening set)", "", "| NFE | side | "
-                 "config | RMSE |", "|---|---|---|---|"]  # fmt: skip
+    title = f"Full screening table (RMSE on the {s}-sample screening set)"
+    full_rows = ["", title, "", "| NFE | side | config | RMSE |", "|---|---|---|---|"]
     full_rows += [f"| {n} | {side} | {lab} | {v:.4f} |" for n, side, lab, v in sorted(rows)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(summary + "\n" + "\n".join(full_rows) + "\n")
