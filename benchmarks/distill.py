@@ -79,7 +79,7 @@ def step_cost(student, teacher, batch: int, repeats: int) -> tuple[float, float]
     x = torch.randn(batch, 1, 8, 8)
     y = torch.arange(batch) % 10
     sigma = torch.full((batch,), 10.0)
-    cond_s = recipe.cond(y, 2.0)
+    cond_s = recipe.cond(y, None)
 
     def timed(fn) -> float:
         fn()  # warm-up
@@ -116,6 +116,7 @@ def main() -> None:
     )
     print(f"threads {a.threads}, torch {torch.__version__}\n")
 
+    w = ref.spec.guidance
     names = [s for s in shipped_students() if s.split("-")[0] in ("progressive", "guided")]
     rows, baselines = [], {}
     print(
@@ -127,7 +128,7 @@ def main() -> None:
         student = load_student(name)
         steps = student[1].steps
         x = batched(
-            lambda z, y, st=student: sample_student(st, z, y, guidance=2.0),
+            lambda z, y, st=student: sample_student(st, z, y, guidance=w),
             ref.noise,
             ref.labels,
             a.batch,
@@ -157,7 +158,7 @@ def main() -> None:
                 continue
             fp32 = load_student(path)
             x = batched(
-                lambda z, y, st=fp32: sample_student(st, z, y, guidance=2.0),
+                lambda z, y, st=fp32: sample_student(st, z, y, guidance=w),
                 ref.noise,
                 ref.labels,
                 a.batch,

@@ -4,7 +4,7 @@ A row ``{method = "student", student = "progressive-4"}`` samples a distilled st
 shipped name or a ``.safetensors`` path) with its recipe: the solver and the exact sigmas it
 was distilled for, one network evaluation per step. A w-conditioned (guided-distilled)
 student samples at the row's guidance scale (default: the bench's); a student with a baked-in
-scale refuses another one.
+scale samples at it and refuses a row that asks for another one.
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ def _student(row: Any, ctx: BenchContext) -> StudentGenerator:
     if not row.student:
         raise ConfigError(f"row {row.label!r}: a student row needs 'student' (name or path)")
     _, recipe = load_student(row.student)
-    scale = ctx.scale(row)
+    if recipe.w_conditioned:
+        scale = ctx.scale(row)
+    else:  # a baked-in scale: the row may only restate it
+        scale = recipe.guidance if row.guidance is None else float(row.guidance)
     if not recipe.w_conditioned and scale != recipe.guidance:
         raise ConfigError(
             f"row {row.label!r}: student {row.student!r} bakes in guidance {recipe.guidance}; "
