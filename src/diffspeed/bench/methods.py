@@ -122,7 +122,7 @@ METHODS: Registry[MethodSpec] = Registry("bench method")
 
 #: Modules that register row kinds with :func:`register_method`, imported before a bench
 #: resolves its rows. An area adds its module here (one line), e.g. "diffspeed.distill.bench".
-METHOD_MODULES: tuple[str, ...] = ("diffspeed.distill.bench",)
+METHOD_MODULES: tuple[str, ...] = ("diffspeed.distill.bench", "diffspeed.distill.consistency_bench")
 
 
 def load_method_modules(extra: Sequence[str] = ()) -> None:

@@ -47,7 +47,7 @@ class CD:
     """
 
     solver: str = "heun"
-    guidance: float = 2.0
+    guidance: float = 1.25
     n_start: int = 18
     n_end: int = 18
     rho: float = 7.0

@@ -320,11 +320,11 @@ def _common(p: argparse.ArgumentParser, *, steps: int, lr: float) -> None:
     p.add_argument("--parameterization", default="eps", choices=["eps", "v", "x0"])
     p.add_argument("--metric", default="pseudo_huber", choices=["pseudo_huber", "l2"])
     p.add_argument(
-        "--strength", type=float, default=1.0, help="top of the trained range (lcm schedule)"
+        "--strength", type=float, default=0.6, help="top of the trained range (lcm schedule)"
     )
     p.add_argument("--target-decay", type=float, default=0.95, help="EMA of the target net")
     p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"])
@@ -347,10 +347,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = methods.add_parser("cd", help="consistency distillation (Song et al. 2023)")
     _common(m, steps=1000, lr=1e-4)
     m.add_argument("--solver", default="heun", help="teacher ODE solver for one step")
-    m.add_argument("--guidance", type=float, default=2.0, help="teacher CFG scale")
+    m.add_argument("--guidance", type=float, default=1.25, help="teacher CFG scale")
     m.add_argument("--n-start", type=int, default=18)
     m.add_argument("--n-end", type=int, default=18)
-    m.add_argument("--groups", type=int, default=4)
+    m.add_argument("--groups", type=int, default=2)
     m.set_defaults(func=_cd)
 
     m = methods.add_parser("ct", help="consistency training, no teacher (improved CT)")
@@ -367,10 +367,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         _common(m, steps=1000, lr=1e-4)
         m.add_argument("--k", type=int, default=20, help="skipping step (timesteps)")
         m.add_argument("--solver", default="ddim", help="teacher ODE solver for one step")
-        m.add_argument("--guidance", type=float, default=2.0, help="sampling / LoRA CFG scale")
-        m.add_argument("--groups", type=int, default=4)
+        m.add_argument("--guidance", type=float, default=1.25, help="sampling / LoRA CFG scale")
+        m.add_argument("--groups", type=int, default=2)
         if name == "lcm":
-            m.add_argument("--w-range", default="1,3", help="trained guidance range")
+            m.add_argument("--w-range", default="1,2", help="trained guidance range")
         else:
             m.add_argument("--rank", type=int, default=8)
             m.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default rank)")

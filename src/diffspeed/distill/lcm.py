@@ -51,7 +51,7 @@ class LCM:
     strength: float = 1.0
     solver: str = "ddim"
     w_min: float = 1.0
-    w_max: float = 3.0
+    w_max: float = 2.0
     w_embedding: bool = True
     metric: str = "pseudo_huber"
     huber_c: float | None = None
