@@ -15,6 +15,7 @@ from diffspeed.core import (
     vp_continuous,
     wrap,
 )
+from diffspeed.distill import load_student, sample_student
 from diffspeed.errors import DiffspeedError
 from diffspeed.solvers import NoiseSampler, sample, seeded_noise
 from diffspeed.solvers import schedules as schedules
@@ -31,7 +32,9 @@ __all__ = [
     "apply_cache",
     "from_diffusers",
     "guidance",
+    "load_student",
     "sample",
+    "sample_student",
     "schedules",
     "seeded_noise",
     "vp_continuous",
