@@ -83,7 +83,8 @@ def _bench(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--out", type=Path, default=Path(out), help="report folder")
     for key, typ in _OVERRIDES:
-        p.add_argument("--" + key.replace("_", "-"), type=typ, default=None, help="override")
+        flag = "--" + key.replace("_", "-")
+        p.add_argument(flag, type=typ, default=None, help=f"override settings.{key}")
     p.add_argument("--no-resume", action="store_true", help="recompute rows already finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
