@@ -372,15 +372,19 @@ def sample_consistency(
     solver: str = "lcm",
     schedule: str = "lcm",
 ) -> torch.Tensor:
-    """Few-step samples of a consistency student ``(denoiser, recipe)`` (or a name/path).
+    """Few-step samples of a consistency student: ``(denoiser, recipe)``, a name / path for
+    :func:`load_consistency`, or a bare :class:`ConsistencyDenoiser` (e.g. from ``load_lora``).
 
     ``generator`` seeds the re-noising (per-sample seeds make samples batch-independent);
     the ``lcm`` schedule starts at the student's trained ``strength``.
     """
     from diffspeed.solvers import sample
 
-    den, recipe = student if isinstance(student, tuple) else load_consistency(student)
-    cond = recipe.cond(labels.to(den.device), guidance)
+    if isinstance(student, ConsistencyDenoiser):  # e.g. load_lora(...): labels only
+        den, cond = student, {"class_labels": labels.to(student.device)}
+    else:
+        den, recipe = student if isinstance(student, tuple) else load_consistency(student)
+        cond = recipe.cond(labels.to(den.device), guidance)
     opts = {"strength": den.strength} if schedule == "lcm" else None
     return sample(
         den, noise, solver, steps, schedule, cond=cond, generator=generator, schedule_options=opts

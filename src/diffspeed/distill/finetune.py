@@ -132,7 +132,7 @@ def finetune_teacher(
         progress=progress,
     )
     cfg = teacher_config()
+    save_weights(out, result.best.state_dict(), cfg)  # the hash covers the architecture only
     cfg["finetune"] = asdict(config)
-    save_weights(out, result.best.state_dict(), cfg)
     atomic_write_json(out.with_suffix(".json"), cfg)
     return out

@@ -243,8 +243,8 @@ def lcm_pipeline(unet: nn.Module | None = None) -> Any:
 
     ``pipe.load_lora_weights(adapter_dir)`` is diffusers' own loader
     (``StableDiffusionLoraLoaderMixin``); ``pipe(class_labels, num_inference_steps,
-    generator)`` samples ``[B, 1, 8, 8]`` images with ``diffusers.LCMScheduler`` on the
-    teacher's betas.
+    generator, strength)`` samples ``[B, 1, 8, 8]`` images with ``diffusers.LCMScheduler`` on
+    the teacher's betas (``strength``: the adapter's trained top, in ``diffspeed_lora.json``).
     """
     from diffusers import DiffusionPipeline, LCMScheduler
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
@@ -266,11 +266,12 @@ def lcm_pipeline(unet: nn.Module | None = None) -> Any:
             class_labels: torch.Tensor,
             num_inference_steps: int = 4,
             generator: torch.Generator | None = None,
+            strength: float = 1.0,
         ) -> torch.Tensor:
             size = self.unet.config.sample_size
             shape = (len(class_labels), self.unet.config.in_channels, size, size)
             x = torch.randn(shape, generator=generator).to(self.unet.device, self.unet.dtype)
-            self.scheduler.set_timesteps(num_inference_steps)
+            self.scheduler.set_timesteps(num_inference_steps, strength=strength)
             for t in self.scheduler.timesteps:
                 eps = self.unet(x, t, class_labels=class_labels).sample
                 x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
