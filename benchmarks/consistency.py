@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cd", default="cd", help="CD student (shipped name or path)")
-    ap.add_argument("--ct", default="runs/consistency/ct/student.safetensors")
+    ap.add_argument("--ct", default="ct")
     ap.add_argument("--lcm", default="lcm")
     ap.add_argument("--lora", default=str(STUDENTS_DIR / "lcm-lora"))
     ap.add_argument("--finetuned", default=str(STUDENTS_DIR / "teacher-thick.safetensors"))
