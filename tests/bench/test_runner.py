@@ -105,12 +105,12 @@ def test_diffusers_folder_model(tmp_path):
 
     build_scheduler().save_pretrained(tmp_path / "m" / "scheduler")
     settings = BenchSettings(
-        samples=20,
+        samples=10,
         batch_size=10,
         warmup=0,
         repeats=1,
         threads=1,
-        reference_steps=10,
+        reference_steps=5,
         baseline={"solver": "ddim", "steps": 2},
     )
     plan = BenchPlan(settings, (Row(solver="euler", steps=3, schedule="karras"),))
