@@ -24,6 +24,7 @@ from typing import Any
 import tomllib
 
 from diffspeed.errors import ConfigError
+from diffspeed.eval.reference import RECOMMENDED_GUIDANCE
 
 #: Row fields that are tables (dicts); on the command line they take dotted sub-keys.
 _ROW_DICT_KEYS = ("cache", "options", "schedule_options")
@@ -134,7 +135,8 @@ class BenchSettings:
         samples: images per row (labels cycle through the classes, so a multiple of 10 is
             class-balanced); they are the first ``samples`` of the reference set.
         seed: reference-set seed (sample ``i`` has noise seed ``seed * 1_000_003 + i``).
-        guidance: default classifier-free guidance scale of rows and of the reference.
+        guidance: default classifier-free guidance scale of rows and of the reference (the
+            teacher's recommended scale by default).
         batch_size: images per generation call for the quality samples.
         warmup, repeats: timing: un-timed warm-up runs, then the median of ``repeats`` runs.
         timing_batch: images per timed run (latency per image = time / timing_batch).
@@ -149,7 +151,7 @@ class BenchSettings:
 
     samples: int = 200
     seed: int = 0
-    guidance: float = 2.0
+    guidance: float = RECOMMENDED_GUIDANCE
     batch_size: int = 100
     warmup: int = 1
     repeats: int = 5
