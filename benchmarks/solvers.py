@@ -2,7 +2,8 @@
 
 For every NFE in --nfe, every diffspeed solver x schedule (plus the data-free DP-optimised
 schedule, calibrated on noises/labels disjoint from the reference seeds) and every diffusers
-scheduler (each with trailing spacing and with Karras sigmas) samples the reference set's
+scheduler (each with trailing spacing and with Karras sigmas, or leading spacing where Karras
+sigmas are not offered) samples the reference set's
 noises and labels with the guided teacher (RECOMMENDED_GUIDANCE). Stage 1 screens every
 configuration by RMSE on a separate screening set (--screen-n samples of the same
 high-accuracy sampler, seeds disjoint from the reference set, so no choice is made on the
@@ -64,7 +65,20 @@ THEIRS = [  # (label, class name, kwargs, NFE -> steps)
     ("Heun", "HeunDiscreteScheduler", {}, lambda n: (n + 1) // 2 if n % 2 else None),
     ("LMS", "LMSDiscreteScheduler", {}, None),
 ]
-SPACINGS = {"trailing": {"timestep_spacing": "trailing"}, "karras": {"use_karras_sigmas": True}}
+SPACINGS = {
+    "trailing": {"timestep_spacing": "trailing"},
+    "leading": {"timestep_spacing": "leading"},
+    "karras": {"use_karras_sigmas": True},
+}
+
+
+def variants(cls_name: str) -> list[str]:
+    """Spacing variants a scheduler supports: trailing and karras, else trailing and leading."""
+    import diffusers
+
+    config = getattr(diffusers, cls_name)().config
+    ok = [v for v, kw in SPACINGS.items() if all(k in config for k in kw)]
+    return [v for v in ok if v != "leading"] if "karras" in ok else ok
 
 
 def log(msg: str) -> None:
