@@ -1,7 +1,9 @@
 """Solver overhead: sampling wall time / (NFE x one network forward), batch 256, one run.
 
-Both timings use the same denoiser call (the teacher with its scalings), warm-up first, the
-median of --repeats, fixed threads; a ratio of 1.00 means the solver's own arithmetic is free.
+Both timings use the same denoiser call (the teacher with its scalings), warm-up first, fixed
+threads. Each repeat times one sampling run and, right after it, NFE back-to-back forwards on
+the same inputs; the reported ratio is the median of the per-repeat ratios (robust to load
+drift on a shared machine). 1.00 means the solver's own arithmetic is free.
 
     python benchmarks/solver_overhead.py --out benchmarks/results/solver_overhead.md
 """
@@ -22,14 +24,23 @@ SOLVERS = [("ddim", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}), ("unipc", {}), ("de
            ("dpmpp_3s", {}), ("heun", {}), ("ipndm", {}), ("sa_solver", {"tau": 0.0})]  # fmt: skip
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def paired_ratio(run, forward, nfe: int, repeats: int) -> tuple[float, float, float]:
+    """Median over repeats of (run time) / (nfe forwards' time), plus the median times."""
+    run()
+    forward()  # warm-up
+    ratios, runs, fwds = [], [], []
     for _ in range(repeats):
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        run()
+        t_run = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(nfe):
+            forward()
+        t_fwd = time.perf_counter() - t
+        ratios.append(t_run / t_fwd)
+        runs.append(t_run)
+        fwds.append(t_fwd)
+    return statistics.median(ratios), statistics.median(runs), statistics.median(fwds)
 
 
 def main() -> None:
@@ -50,17 +61,17 @@ def main() -> None:
              "|---|---|---|---|---|"]  # fmt: skip
     with torch.inference_mode():
         for name, opts in SOLVERS:
-            fwd = median_time(lambda: den(noise, sigma, **cond), args.repeats)
             _, info = diffspeed.sample(den, noise, name, args.steps, "karras", cond=cond,
                                        return_info=True, **opts)  # fmt: skip
-            run = median_time(
+            nfe = info["nfe"]
+            ratio, run, fwd = paired_ratio(
                 lambda n=name, o=opts: diffspeed.sample(den, noise, n, args.steps, "karras",
                                                         cond=cond, **o),
+                lambda: den(noise, sigma, **cond),
+                nfe,
                 args.repeats,
             )  # fmt: skip
-            nfe = info["nfe"]
-            lines.append(f"| {name} | {nfe} | {run:.4f} | {nfe * fwd:.4f} | "
-                         f"{run / (nfe * fwd):.3f} |")  # fmt: skip
+            lines.append(f"| {name} | {nfe} | {run:.4f} | {fwd:.4f} | {ratio:.3f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
