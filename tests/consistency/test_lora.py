@@ -100,13 +100,12 @@ def test_diffusers_pipeline_loads_the_adapter(tmp_path, tiny_teacher, adapted):
     torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
 
 
-def test_adapter_for_another_architecture_is_refused(tmp_path, adapted):
+def test_adapter_for_another_architecture_is_refused(tmp_path, tiny_teacher, adapted):
     save_lora(tmp_path, adapted, LoRA(rank=4, alpha=8), {})
     from diffusers import UNet2DModel
 
-    from .conftest import TINY_UNET
-
-    other = UNet2DModel(**{**TINY_UNET, "block_out_channels": [16, 16]})
+    cfg = {k: v for k, v in tiny_teacher.model.config.items() if not k.startswith("_")}
+    other = UNet2DModel(**{**cfg, "block_out_channels": [16, 16]})
     with pytest.raises(WeightsError, match="another model"):
         fuse_lora(other, tmp_path)
     (tmp_path / META_NAME).unlink()

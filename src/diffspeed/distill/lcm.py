@@ -107,10 +107,11 @@ class LCMLoss:
         # noise the data to t_{n+k}; draw the guidance scale per sample
         x_hi = x0 + s_hi.view(view).to(x0.dtype) * ctx.randn(*x0.shape[1:])
         w = c.w_min + (c.w_max - c.w_min) * ctx.rand().double()
-        # one step of the CFG-augmented teacher ODE to t_n
+        # one step of the CFG-augmented teacher ODE to t_n (w = 1: the conditional ODE)
         null = getattr(teacher, "null_label", 10)
+        guided = None if c.w_min == c.w_max == 1.0 else w
         x_lo = teacher_step(
-            teacher, x_hi, s_hi, s_lo, solver=c.solver, cond=cond, guidance=w, null_label=null
+            teacher, x_hi, s_hi, s_lo, solver=c.solver, cond=cond, guidance=guided, null_label=null
         )
         # the student and the EMA target, both conditioned on w
         scond = {**cond, "guidance_scale": w.float()} if c.w_embedding else cond

@@ -175,12 +175,13 @@ def fuse_lora(net: nn.Module, path: str | os.PathLike, scale: float = 1.0) -> nn
             if layer is None or a is None or b is None or not hasattr(layer, "weight"):
                 raise WeightsError(f"{path}: layer {name!r} is not in the model (or incomplete)")
             w = layer.weight
-            delta = (b.flatten(1) @ a.flatten(1)).view(w.shape[0], *a.shape[1:])
-            if delta.shape != w.shape:
+            if (b.shape[0], *a.shape[1:]) != tuple(w.shape):
                 raise WeightsError(
-                    f"{path}: LoRA for {name!r} has shape {tuple(delta.shape)}, the model's "
+                    f"{path}: LoRA for {name!r} has shape {(b.shape[0], *a.shape[1:])}, "
+                    "the model's "
                     f"layer is {tuple(w.shape)}; the adapter was trained for another model"
                 )
+            delta = (b.flatten(1) @ a.flatten(1)).view(w.shape)
             w.add_(delta.to(w.dtype) * factor)
     return fused
 
