@@ -242,7 +242,9 @@ def load_student(
     else:
         net = build_wcond(arch)
     load_state_into(net, load_weights(path, cfg), str(path))
-    net.eval().requires_grad_(False).to(device=device, dtype=dtype)
+    net.eval().requires_grad_(False).to(device=device)
+    if dtype != torch.float32:  # (diffusers warns on any dtype cast, even a no-op one)
+        net.to(dtype=dtype)
     den = DiscreteVPDenoiser(net, torch.tensor(cfg["alphas_cumprod"]), cfg["prediction"])
     den.null_label = cfg.get("null_label")
     return den, Recipe.from_dict(cfg["recipe"])
