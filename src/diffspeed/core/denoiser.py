@@ -159,3 +159,55 @@ class Denoiser(nn.Module):
         work = torch.promote_types(x.dtype, torch.float32)
         res = c_skip.view(view).to(work) * x.to(work) + c_out.view(view).to(work) * out.to(work)
         return res
+
+
+class DenoiserWrapper(nn.Module):
+    """Base of denoisers built around another one (guidance, consistency, ...).
+
+    The contract's attributes (``sigma_min``, ``sigma_max``, ``nfe``, ``noise_scale``, the model,
+    device and dtype, sigma validation) come from ``self.inner``; subclasses write ``forward``.
+    """
+
+    def __init__(self, inner: Denoiser | DenoiserWrapper) -> None:
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def sigma_min(self) -> float:
+        return self.inner.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.inner.sigma_max
+
+    @property
+    def nfe(self) -> int:
+        return self.inner.nfe
+
+    def reset_nfe(self) -> None:
+        """Reset the inner denoiser's network-evaluation counter."""
+        self.inner.reset_nfe()
+
+    def noise_scale(self, sigma: float) -> float:
+        """See :meth:`Denoiser.noise_scale`."""
+        return self.inner.noise_scale(sigma)
+
+    @property
+    def variance_preserving(self) -> bool:
+        return self.inner.variance_preserving
+
+    @property
+    def model(self) -> nn.Module | None:
+        return self.inner.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.dtype
+
+    def check_sigma(self, sigma: torch.Tensor | float, batch: int | None = None) -> torch.Tensor:
+        """Validate a sigma against the inner range (see :meth:`Denoiser.check_sigma`)."""
+        return self.inner.check_sigma(sigma, batch)

@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-from diffspeed.core.denoiser import Denoiser
+from diffspeed.core.denoiser import Denoiser, DenoiserWrapper
 from diffspeed.errors import ConfigError, ShapeError
 
 
@@ -38,7 +37,7 @@ def _cat(a: Any, b: Any) -> Any:
     return torch.cat([a, b.to(device=a.device, dtype=a.dtype)])
 
 
-class GuidedDenoiser(nn.Module):
+class GuidedDenoiser(DenoiserWrapper):
     """A denoiser with classifier-free guidance folded in (same contract as :class:`Denoiser`).
 
     Args:
@@ -53,50 +52,14 @@ class GuidedDenoiser(nn.Module):
     def __init__(
         self, denoiser: Denoiser, scale: float | torch.Tensor, uncond: dict[str, Any]
     ) -> None:
-        super().__init__()
+        super().__init__(denoiser)
         if not isinstance(uncond, dict) or not uncond:
             raise ConfigError(
                 "guidance needs uncond={key: value}, e.g. {'class_labels': null_label} or "
                 "{'encoder_hidden_states': empty_prompt_embeddings}"
             )
-        self.inner = denoiser
         self.scale = scale
         self.uncond = uncond
-
-    # The contract's attributes come from the inner denoiser.
-    @property
-    def sigma_min(self) -> float:
-        return self.inner.sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.inner.sigma_max
-
-    @property
-    def nfe(self) -> int:
-        return self.inner.nfe
-
-    def reset_nfe(self) -> None:
-        self.inner.reset_nfe()
-
-    def noise_scale(self, sigma: float) -> float:
-        return self.inner.noise_scale(sigma)
-
-    @property
-    def variance_preserving(self) -> bool:
-        return self.inner.variance_preserving
-
-    @property
-    def model(self) -> nn.Module | None:
-        return self.inner.model
-
-    @property
-    def device(self) -> torch.device:
-        return self.inner.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.inner.dtype
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
         """Guided ``x0_hat``: one forward of the inner denoiser on ``[cond; uncond]``."""

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from diffspeed.core.denoiser import DenoiserWrapper
 from diffspeed.errors import ConfigError, unknown_name
 
 
@@ -61,7 +61,7 @@ class Boundary:
         return sd2 / (s**2 + sd2), s / torch.sqrt(s**2 + sd2)
 
 
-class ConsistencyDenoiser(nn.Module):
+class ConsistencyDenoiser(DenoiserWrapper):
     """``f(x, sigma) = c_skip x + c_out D(x, sigma)`` around a denoiser (same contract).
 
     Args:
@@ -78,51 +78,11 @@ class ConsistencyDenoiser(nn.Module):
     """
 
     def __init__(self, inner: Any, boundary: Boundary = Boundary(), strength: float = 1.0) -> None:
-        super().__init__()
+        super().__init__(inner)
         if not 0 < strength <= 1:
             raise ConfigError(f"strength must be in (0, 1], got {strength}")
-        self.inner = inner
         self.boundary = boundary
         self.strength = float(strength)
-
-    # The contract's attributes come from the inner denoiser.
-    @property
-    def sigma_min(self) -> float:
-        return self.inner.sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.inner.sigma_max
-
-    @property
-    def nfe(self) -> int:
-        return self.inner.nfe
-
-    def reset_nfe(self) -> None:
-        self.inner.reset_nfe()
-
-    def noise_scale(self, sigma: float) -> float:
-        return self.inner.noise_scale(sigma)
-
-    @property
-    def variance_preserving(self) -> bool:
-        return self.inner.variance_preserving
-
-    @property
-    def model(self) -> nn.Module | None:
-        return self.inner.model
-
-    @property
-    def device(self) -> torch.device:
-        return self.inner.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.inner.dtype
-
-    def check_sigma(self, sigma: torch.Tensor | float, batch: int | None = None) -> torch.Tensor:
-        """Validate a sigma against the inner denoiser's range (see ``Denoiser.check_sigma``)."""
-        return self.inner.check_sigma(sigma, batch)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
         """The consistency function ``f(x, sigma)`` (``x`` is ``[B, ...]``, sigma scalar or [B])."""
