@@ -28,7 +28,13 @@ def test_every_solver_with_guidance(guided, solver):
         assert torch.equal(run(), ref)
     with diffspeed.apply_cache(guided, DeepCache(interval=2)) as h:
         a, b = run(), run()
-        assert 0 < h.stats["full"] < h.stats["evals"]
+        if SOLVERS[solver].fn.__name__ == "paradigms":
+            # the Picard window changes the batch layout at every call: cached deep features
+            # never fit, so every evaluation falls back to a full (exact) one
+            assert h.stats["full"] == h.stats["evals"] > 0
+            torch.testing.assert_close(a, ref)
+        else:
+            assert 0 < h.stats["full"] < h.stats["evals"]
     assert torch.equal(a, b) and torch.isfinite(a).all()
 
 

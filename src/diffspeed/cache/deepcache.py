@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from diffspeed.cache.hooks import CacheConfig, CacheRuntime, check_interval, register_cache
@@ -71,6 +72,14 @@ class DeepCache(CacheConfig):
         return DeepCacheRuntime(self, model, adapter)
 
 
+def _input_shape(args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+    """Shape of a block's input hidden states (its first tensor argument)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return tuple(value.shape)
+    return None
+
+
 def nonuniform_full_steps(total: int, n_full: int, center: float, power: float) -> set[int]:
     """``n_full`` evaluation indices in ``[0, total)``, denser around ``center * total``.
 
@@ -108,6 +117,7 @@ class DeepCacheRuntime(CacheRuntime):
             )
         deep = down[b + 1 :] + ([mid] if mid is not None else []) + up[: n - 1 - b]
         self.store: dict[int, Any] = {}
+        self.shapes: dict[int, tuple[int, ...] | None] = {}
         self.is_full = True
         self._full_steps: set[int] | None = None
         self._for_total = -1
@@ -117,10 +127,16 @@ class DeepCacheRuntime(CacheRuntime):
     def _make(self, key: int):
         def make(orig):
             def forward(*args: Any, **kwargs: Any) -> Any:
+                shape = _input_shape(args, kwargs)
                 if not self.is_full and key in self.store:
-                    return self.store[key]
+                    if self.shapes.get(key) == shape:
+                        return self.store[key]
+                    # the input layout changed (e.g. the parallel sampler's window shrank):
+                    # the cached features do not fit, so this evaluation becomes a full one
+                    self.is_full = True
+                    self.full += 1
                 out = orig(*args, **kwargs)
-                self.store[key] = out
+                self.store[key], self.shapes[key] = out, shape
                 return out
 
             return forward
@@ -129,6 +145,7 @@ class DeepCacheRuntime(CacheRuntime):
 
     def reset(self) -> None:
         self.store.clear()
+        self.shapes.clear()
         self.is_full = True
         self._full_steps, self._for_total = None, -1
 
