@@ -121,6 +121,17 @@ def _quality(args: argparse.Namespace) -> int:
         f"class accuracy {metrics.class_accuracy(ref.samples, ref.labels):.4f}; "
         f"real-vs-real floor (898 vs 899 digits) FDD {floor:.3f}"
     )
+    # memorisation check: distance of each sample to its nearest training digit, against the
+    # distance between the two real halves
+    from diffspeed.models.digits import load_digits
+
+    nn_gen = torch.cdist(ref.samples.clamp(-1, 1).flatten(1), load_digits()[0].flatten(1))
+    nn_real = torch.cdist(a.flatten(1), b.flatten(1))
+    console.print(
+        f"nearest real digit (L2): samples median {nn_gen.min(1).values.median():.2f}, "
+        f"{int((nn_gen.min(1).values < 0.5).sum())} within 0.5; real half vs half median "
+        f"{nn_real.min(1).values.median():.2f}"
+    )
     if args.grid:
         order = torch.argsort(ref.labels[:100], stable=True)
         save_grid(ref.samples[:100][order], args.grid, nrow=10)

@@ -34,7 +34,7 @@ class ReferenceSpec:
         seed: base seed; sample ``i`` uses noise seed ``seed * 1_000_003 + i``.
         guidance: classifier-free guidance scale.
         solver, steps, schedule: the high-accuracy sampler (Heun with 100 Karras steps,
-            199 NFE: its RMSE to a 400-step run is far below any fast method's error).
+            199 NFE).
     """
 
     n: int = 1000
