@@ -35,12 +35,13 @@ from diffspeed.solvers import SOLVERS
 
 DEFAULT_CONFIGS = [
     {"method": "condition"},
-    {"method": "deepcache", "interval": 2, "branch": 1},
     {"method": "deepcache", "interval": 3, "branch": 1},
-    {"method": "deepcache", "interval": 3, "branch": 1, "schedule": "nonuniform"},
-    {"method": "deepcache", "interval": 5, "branch": 1},
-    {"method": "deepcache", "interval": 2, "branch": 0},
     {"method": "deepcache", "interval": 3, "branch": 0},
+    {"method": "deepcache", "interval": 5, "branch": 0},
+    {"method": "deepcache", "interval": 2, "input_branch": True},
+    {"method": "deepcache", "interval": 3, "input_branch": True},
+    {"method": "deepcache", "interval": 3, "input_branch": True, "schedule": "nonuniform"},
+    {"method": "deepcache", "interval": 4, "input_branch": True},
 ]
 
 

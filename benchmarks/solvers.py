@@ -2,16 +2,19 @@
 
 For every NFE in --nfe, every diffspeed solver x schedule (plus the data-free DP-optimised
 schedule, calibrated on noises/labels disjoint from the reference seeds) and every diffusers
-scheduler (each with trailing spacing and with Karras sigmas, or leading spacing where Karras
-sigmas are not offered) samples the reference set's
-noises and labels with the guided teacher (RECOMMENDED_GUIDANCE). Stage 1 screens every
-configuration by RMSE on a separate screening set (--screen-n samples of the same
+scheduler (with trailing, leading and Karras spacing wherever it offers them) samples the
+reference set's noises and labels with the guided teacher (RECOMMENDED_GUIDANCE). Stage 1
+screens every configuration by RMSE on a separate screening set (--screen-n samples of the same
 high-accuracy sampler, seeds disjoint from the reference set, so no choice is made on the
-report set); stage 2 runs the best diffspeed and the best diffusers configuration per NFE on
-all --n reference samples and reports RMSE to the reference samples and FDD (the reference
-set's own FDD alongside).
+report set). Stage 1b tunes an Align-Your-Steps-style schedule (``tune_schedule(method="ays")``,
+free start) for the --ays-top best diffspeed solvers per NFE, starting from each one's best
+screened schedule, on --calib-n calibration noises (disjoint again; what a user runs with
+``diffspeed tune-schedule``) and screens the result like any other configuration. Stage 2
+runs the best diffspeed and the best diffusers configuration per NFE on all --n reference
+samples and reports RMSE to the reference samples and FDD (the reference set's own FDD
+alongside).
 
-    python benchmarks/solvers.py --n 500 --out benchmarks/results/solvers.md
+    python benchmarks/solvers.py --n 1000 --out benchmarks/results/solvers.md
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from diffspeed.eval.metrics import fdd
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
 from diffspeed.models.teacher import SCHEDULER_CONFIG, guided_teacher, load_teacher
 from diffspeed.solvers import SOLVERS
-from diffspeed.solvers.optimize import CALIBRATION_SEED_BASE, dp_schedules
+from diffspeed.solvers.optimize import CALIBRATION_SEED_BASE, dp_schedules, tune_schedule
 
 OURS = [  # (label, solver, options)
     ("ddim", "ddim", {}),
@@ -47,7 +50,7 @@ OURS = [  # (label, solver, options)
     ("unipc3_bh1", "unipc_bh1", {"order": 3}),
     ("sa_solver_ode", "sa_solver", {"tau": 0.0}),
 ]
-SCHEDULES = ["trailing", "karras", "exponential", "dp"]
+SCHEDULES = ["trailing", "leading", "karras", "exponential", "dp"]
 #: ReferenceSpec seed of the screening set (noise seeds 7 * 1_000_003 + i: disjoint).
 SCREEN_SEED = 7
 
@@ -89,9 +92,15 @@ def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).pow(2).mean().sqrt())
 
 
-def run_ours(den, noise, labels, solver, steps, schedule, opts, tuned):
-    sched = tuned[steps] if schedule == "dp" else schedule
-    return diffspeed.sample(den, noise, solver, steps, sched, cond={"class_labels": labels}, **opts)
+def run_ours(den, noise, labels, solver, steps, schedule, opts):
+    """``schedule``: a name or a tensor of sigmas (a tuned schedule)."""
+    return diffspeed.sample(den, noise, solver, steps, schedule, cond={"class_labels": labels},
+                            **opts)  # fmt: skip
+
+
+def lookup(tuned, label, schedule, steps):
+    """A tuned schedule (AYS per solver, DP per step count) or the schedule's name."""
+    return tuned.get((schedule, steps, label), tuned.get((schedule, steps), schedule))
 
 
 def run_theirs(unet, cls_name, kwargs, steps, noise, labels, scale):
@@ -116,9 +125,10 @@ def run_theirs(unet, cls_name, kwargs, steps, noise, labels, scale):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=500, help="reference samples for stage 2")
-    ap.add_argument("--screen-n", type=int, default=20, help="screening-set samples (stage 1)")
+    ap.add_argument("--screen-n", type=int, default=100, help="screening-set samples (stage 1)")
+    ap.add_argument("--ays-top", type=int, default=3, help="solvers per NFE given an AYS tune")
     ap.add_argument("--nfe", default="4,5,6,8,10,15,20")
-    ap.add_argument("--calib-n", type=int, default=16, help="calibration noises (DP schedule)")
+    ap.add_argument("--calib-n", type=int, default=32, help="calibration noises (DP, AYS)")
     ap.add_argument("--grid", type=int, default=100, help="DP candidate timesteps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/solvers.md"))
@@ -140,10 +150,13 @@ def main() -> None:
                                    (1, 8, 8))  # fmt: skip
     all_steps = sorted({SOLVERS[sv].steps_for_nfe(n) for _, sv, _ in OURS for n in nfes})
     calib_cond = {"class_labels": torch.arange(args.calib_n) % 10}
-    tuned, tune_nfe = dp_schedules(den, calib, all_steps, grid=args.grid, cond=calib_cond)
+    dp, tune_nfe = dp_schedules(den, calib, all_steps, grid=args.grid, cond=calib_cond)
+    tuned = {("dp", k): v for k, v in dp.items()}
     log(f"DP schedules for steps {all_steps}: {tune_nfe} NFE")
 
     rows = []  # (nfe, side, label, rmse)
+    spec_by_label = {lab: (sv, o) for lab, sv, o in OURS}
+    ays_nfe = 0
     with torch.inference_mode():
         for nfe in nfes:
             log(f"screening NFE {nfe}")
@@ -153,7 +166,8 @@ def main() -> None:
                 if spec.nfe(steps) != nfe:
                     continue
                 for sch in SCHEDULES:
-                    x = run_ours(den, noise, labels, sv, steps, sch, opts, tuned)
+                    x = run_ours(den, noise, labels, sv, steps, lookup(tuned, label, sch, steps),
+                                 opts)  # fmt: skip
                     rows.append((nfe, "diffspeed", f"{label}/{sch}", rmse(x, target)))
             for label, cls, kw, to_steps in THEIRS:
                 steps = to_steps(nfe) if to_steps else nfe
@@ -165,10 +179,29 @@ def main() -> None:
                     )
                     if used == nfe:
                         rows.append((nfe, "diffusers", f"{label}/{sp}", rmse(x, target)))
+            # stage 1b: AYS-tuned schedules for the best few solvers at this NFE
+            ours = sorted((r for r in rows if r[0] == nfe and r[1] == "diffspeed"),
+                          key=lambda r: r[3])  # fmt: skip
+            top: dict[str, str] = {}
+            for _, _, cfg, _ in ours:
+                lab, sch = cfg.split("/")
+                if lab not in top and len(top) < args.ays_top:
+                    top[lab] = sch
+            for lab, sch in top.items():
+                sv, opts = spec_by_label[lab]
+                steps = SOLVERS[sv].steps_for_nfe(nfe)
+                res = tune_schedule(den, calib, sv, steps, cond=calib_cond, method="ays",
+                                    base=lookup(tuned, lab, sch, steps),
+                                    solver_options=opts)  # fmt: skip
+                sig = torch.tensor(res.sigmas, dtype=torch.float64)
+                tuned[(f"ays<{sch}", steps, lab)] = sig
+                ays_nfe += res.nfe
+                x = run_ours(den, noise, labels, sv, steps, sig, opts)
+                rows.append((nfe, "diffspeed", f"{lab}/ays<{sch}", rmse(x, target)))
 
     log("stage 2")
     # stage 2: best of each side per NFE on all n samples, RMSE + FDD
-    table, spec_by_label = [], {lab: (sv, o) for lab, sv, o in OURS}
+    table = []
     theirs_by_label = {lab: (c, k, f) for lab, c, k, f in THEIRS}
     fdd_ref = fdd(ref.samples)
     with torch.inference_mode():
@@ -183,7 +216,8 @@ def main() -> None:
                 lab, sch = best["diffspeed"].split("/")
                 sv, o = spec_by_label[lab]
                 steps = SOLVERS[sv].steps_for_nfe(nfe)
-                full["diffspeed"] = run_ours(den, ref.noise, ref.labels, sv, steps, sch, o, tuned)
+                full["diffspeed"] = run_ours(den, ref.noise, ref.labels, sv, steps,
+                                             lookup(tuned, lab, sch, steps), o)  # fmt: skip
             if "diffusers" in best:
                 lab, sp = best["diffusers"].split("/")
                 cls, kw, f = theirs_by_label[lab]
@@ -199,7 +233,9 @@ def main() -> None:
         f"{ref.digest}); screening on {s} samples of a disjoint set (ReferenceSpec seed "
         f"{SCREEN_SEED}), final numbers on all {args.n} reference samples. DP schedules "
         f"calibrated on {args.calib_n} noises with seeds "
-        f"{CALIBRATION_SEED_BASE}+i (disjoint), cost {tune_nfe} network evaluations in total. "
+        f"{CALIBRATION_SEED_BASE}+i (disjoint), cost {tune_nfe} network evaluations in total; "
+        f"AYS schedules (free start; `ays<base` names the starting schedule) for the "
+        f"{args.ays_top} best solvers per NFE on the same noises cost {ays_nfe} evaluations. "
         f"Reference FDD {fdd_ref:.3f}. Wall time {time.time() - t0:.0f} s.",
         "",
         "| NFE | diffspeed best | RMSE | FDD | diffusers best | RMSE | FDD | RMSE ratio |",

@@ -53,6 +53,8 @@ def test_registry_names_every_method():
         {"method": "deepcache", "interval": -2},
         {"method": "deepcache", "interval": 2.5},
         {"method": "deepcache", "branch": -1},
+        {"method": "deepcache", "branch": 1, "input_branch": True},
+        {"method": "deepcache", "input_branch": "yes"},
         {"method": "deepcache", "schedule": "random"},
         {"method": "fora", "interval": 0},
         {"method": "taylorseer", "interval": 0},

@@ -14,7 +14,11 @@ from diffspeed.cache import (
 from diffspeed.core.steps import listeners_of
 
 OFF = {
-    "unet": [DeepCache(interval=1), DeepCache(interval=1, branch=1, schedule="nonuniform")],
+    "unet": [
+        DeepCache(interval=1),
+        DeepCache(interval=1, branch=1, schedule="nonuniform"),
+        DeepCache(interval=1, input_branch=True),
+    ],
     "transformer": [
         FORA(interval=1),
         FirstBlockCache(threshold=0.0),
@@ -24,7 +28,11 @@ OFF = {
     ],
 }
 LOSSY = {
-    "unet": [DeepCache(interval=2), DeepCache(interval=3, branch=1, schedule="nonuniform")],
+    "unet": [
+        DeepCache(interval=2),
+        DeepCache(interval=3, branch=1, schedule="nonuniform"),
+        DeepCache(interval=2, input_branch=True),
+    ],
     "transformer": [
         FORA(interval=2),
         FirstBlockCache(threshold=0.5),
@@ -158,3 +166,36 @@ def test_taylor_forecast_is_exact_for_polynomials():
     out = newton_forecast(xs, ys, 7.0)
     assert out[1] is None
     torch.testing.assert_close(out[0], torch.tensor([2 * 49 - 7 + 1.0]))
+
+
+def test_input_branch_runs_only_conv_in_the_last_up_layer_and_the_head():
+    """On a partial evaluation the input branch skips the first down block and every layer
+    of the last up block but the final one; branch 0 still runs them."""
+    from cache_models import CASES
+
+    for name in ("teacher", "unet_cond"):
+        case = CASES[name]()
+        up = case.model.up_blocks[-1]
+        watched = {
+            # children of the wrapped modules: they run only when the layer is computed
+            "down0": case.model.down_blocks[0].resnets[0].conv1,
+            "up_first": up.resnets[0].conv1,
+            "up_last": up.resnets[-1].conv1,
+            "conv_in": case.model.conv_in,
+        }
+        calls = dict.fromkeys(watched, 0)
+        hooks = [
+            m.register_forward_hook(lambda *_, k=k, c=calls: c.__setitem__(k, c[k] + 1))
+            for k, m in watched.items()
+        ]
+        for cfg, runs_down0 in [
+            (DeepCache(interval=4), 4),
+            (DeepCache(interval=4, input_branch=True), 1),
+        ]:
+            calls.update(dict.fromkeys(calls, 0))
+            with diffspeed.apply_cache(case.den, cfg):
+                case.run(steps=4)
+            assert calls["conv_in"] == calls["up_last"] == 4, (name, cfg, calls)
+            assert calls["down0"] == calls["up_first"] == runs_down0, (name, cfg, calls)
+        for h in hooks:
+            h.remove()

@@ -155,3 +155,14 @@ def test_nfe_matches_spec():
     for name in ("heun", "plms", "dpmpp_2m", "dpm_solver_3", "unipc"):
         _, info = diffspeed.sample(den, noise(), name, 6, "karras", return_info=True)
         assert info["nfe"] == SOLVERS[name].nfe(6)
+
+
+def test_ays_free_start_stays_below_sigma_max_and_fixed_start_pins_it():
+    den, x = toy_denoiser(), noise(8, seed=5)
+    kw = {"rounds": 2, "reference_steps": 40}
+    fixed = tune_schedule(den, x, "dpmpp_2m", 3, free_start=False, **kw)
+    free = tune_schedule(den, x, "dpmpp_2m", 3, **kw)
+    assert fixed.sigmas[0] == pytest.approx(den.sigma_max)
+    assert free.sigmas[0] <= den.sigma_max * (1 + 1e-9)
+    assert all(a > b for a, b in zip(free.sigmas, free.sigmas[1:], strict=False))
+    assert free.loss_after <= free.loss_before

@@ -11,7 +11,14 @@ the ``mid_block`` and ``up_blocks[:n-1-b]``; on a partial evaluation each return
 from the last full evaluation. So the input of ``up_blocks[n-1-b]`` is the cached output of
 ``up_blocks[n-2-b]`` (the paper's cached feature ``U_{m+1}``, Sec. 3.2), concatenated with the
 freshly computed skip features of the shallow down blocks. ``branch = 0`` is the shallowest
-(fastest) branch; ``branch = n-1`` skips only the mid block.
+block-level branch; ``branch = n-1`` skips only the mid block.
+
+``input_branch=True`` goes one level finer, to the paper's shallowest skip branch (the one fed
+by ``conv_in``; the paper picks branches at layer granularity): the partial evaluation runs
+only ``conv_in``, the *last* layer of the last up block (resnet, plus its attention where the
+block has one) and the output head. Every other layer of the last up block and the whole first
+down block also return their cached outputs (the down block's skip features feed only those
+cached layers).
 
 Refresh schedules (Sec. 3.3): ``"uniform"`` runs a full evaluation every ``interval``
 evaluations; ``"nonuniform"`` spends the same number of full evaluations, spaced
@@ -42,6 +49,8 @@ class DeepCache(CacheConfig):
     Attributes:
         interval: one full evaluation every ``interval`` evaluations (1 = no caching).
         branch: index of the deepest down block in the shallow branch (0 = shallowest).
+        input_branch: the finer, layer-level shallowest branch (see the module doc; needs
+            ``branch=0``): fastest partial evaluations, most reuse.
         schedule: ``"uniform"`` or ``"nonuniform"`` refreshes.
         center: non-uniform only: where refreshes are densest, as a fraction of the run.
         power: non-uniform only: spacing exponent (> 1; larger = more concentrated).
@@ -49,6 +58,7 @@ class DeepCache(CacheConfig):
 
     interval: int = 3
     branch: int = 0
+    input_branch: bool = False
     schedule: str = "uniform"
     center: float = 0.5
     power: float = 1.4
@@ -59,6 +69,14 @@ class DeepCache(CacheConfig):
         check_interval("DeepCache interval", self.interval)
         if isinstance(self.branch, bool) or not isinstance(self.branch, int) or self.branch < 0:
             raise ConfigError(f"DeepCache branch must be an integer >= 0, got {self.branch!r}")
+        if not isinstance(self.input_branch, bool):
+            raise ConfigError(f"DeepCache input_branch must be true or false, got "
+                              f"{self.input_branch!r}")  # fmt: skip
+        if self.input_branch and self.branch != 0:
+            raise ConfigError(
+                f"DeepCache input_branch is finer than branch 0; it cannot be combined with "
+                f"branch={self.branch}: drop one of them"
+            )
         if self.schedule not in SCHEDULES:
             raise ConfigError(
                 f"DeepCache schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"
@@ -70,6 +88,18 @@ class DeepCache(CacheConfig):
 
     def build(self, model: nn.Module, adapter: Any) -> DeepCacheRuntime:
         return DeepCacheRuntime(self, model, adapter)
+
+
+def _leading_layers(block: nn.Module) -> list[nn.Module]:
+    """All layers of an up block but its last: its resnets (and attentions, if any)."""
+    resnets = list(getattr(block, "resnets", []))
+    if len(resnets) < 2:
+        raise ConfigError(
+            "DeepCache input_branch needs an up block with at least two resnet layers; this "
+            "UNet's last up block has fewer: use input_branch=False"
+        )
+    attentions = list(getattr(block, "attentions", None) or [])
+    return resnets[:-1] + attentions[: len(resnets) - 1]
 
 
 def _input_shape(args: tuple, kwargs: dict) -> tuple[int, ...] | None:
@@ -116,6 +146,8 @@ class DeepCacheRuntime(CacheRuntime):
                 f"choose 0..{n - 1}"
             )
         deep = down[b + 1 :] + ([mid] if mid is not None else []) + up[: n - 1 - b]
+        if config.input_branch:
+            deep = [down[0], *deep, *_leading_layers(up[-1])]
         self.store: dict[int, Any] = {}
         self.shapes: dict[int, tuple[int, ...] | None] = {}
         self.is_full = True

@@ -48,7 +48,7 @@ def _tune(args: argparse.Namespace) -> int:
     opts = json.loads(args.solver_options) if args.solver_options else None
     res = tune_schedule(
         den, noise, args.solver, args.steps, cond={"class_labels": labels}, method=args.method,
-        base=args.base, rounds=args.rounds, solver_options=opts,
+        base=args.base, rounds=args.rounds, solver_options=opts, free_start=not args.fixed_start,
     )  # fmt: skip
     doc = res.to_json()
     doc["calibration"] = {
@@ -72,8 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--out", type=Path, default=Path("schedule.json"))
     p.add_argument("--method", choices=("ays", "dp"), default="ays")
-    p.add_argument("--base", default="karras", help="starting / baseline schedule")
+    p.add_argument("--base", default="leading", help="starting / baseline schedule")
     p.add_argument("--rounds", type=int, default=4, help="coordinate-search rounds (ays)")
+    p.add_argument("--fixed-start", action="store_true",
+                   help="ays: keep the first sigma at sigma_max (default: tuned too)")  # fmt: skip
     p.add_argument("--calib-n", type=int, default=32, help="calibration noises (seeds disjoint "
                    "from the reference set)")  # fmt: skip
     p.add_argument("--guidance", type=float, default=None, help="default: recommended scale")

@@ -78,11 +78,12 @@ def tune_schedule(
     *,
     cond: dict | None = None,
     method: str = "ays",
-    base: str = "karras",
+    base: str | torch.Tensor = "karras",
     reference_steps: int = 100,
     rounds: int = 4,
     grid: int = 100,
     solver_options: dict | None = None,
+    free_start: bool = True,
 ) -> TunedSchedule:
     """Optimise a ``steps``-step schedule for ``solver`` on ``denoiser`` (see module doc).
 
@@ -91,10 +92,15 @@ def tune_schedule(
             set, e.g. from :data:`CALIBRATION_SEED_BASE`).
         cond: conditioning for the calibration batch (e.g. cycling class labels).
         method: ``"ays"`` or ``"dp"``.
-        base: starting schedule of ``ays`` and the "before" baseline of both.
+        base: starting schedule of ``ays`` and the "before" baseline of both (a name or
+            sigmas).
         reference_steps: Heun steps of the fine reference solve.
         rounds: coordinate-search rounds (``ays``).
         grid: candidate timesteps (``dp``), spread over the discrete timesteps.
+        free_start: ``ays`` may also lower the first sigma below ``sigma_max`` (the noise is
+            then scaled to it, as diffusers' "leading" spacing does); the reference solve
+            always starts at ``sigma_max``, so the start only moves where that lowers the
+            error against it.
     """
     if method not in ("ays", "dp"):
         raise ConfigError(f"method must be 'ays' or 'dp', got {method!r}")
@@ -111,21 +117,33 @@ def tune_schedule(
         ref = _reference(denoiser, noise, cond, reference_steps)
         before = loss(start, ref)
         if method == "ays":
-            best, extra = _coordinate_search(denoiser, start, lambda s: loss(s, ref), rounds)
+            best, extra = _coordinate_search(
+                denoiser, start, lambda s: loss(s, ref), rounds, free_start
+            )
         else:
             best, extra = _dp(denoiser, noise, cond, steps, grid, ref)
         after = loss(best, ref)
     nfe = denoiser.nfe - nfe0
     log.info("tune-schedule %s: loss %.4g -> %.4g, %d NFE", method, before, after, nfe)
     return TunedSchedule(
-        best.tolist(), method, solver, steps, nfe, before, after, {"base": base, **extra}
+        best.tolist(),
+        method,
+        solver,
+        steps,
+        nfe,
+        before,
+        after,
+        {"base": base if isinstance(base, str) else "custom", **extra},
     )
 
 
-def _coordinate_search(den, sig, loss_fn, rounds):
-    """Move each interior log-sigma by +-delta while the loss drops; halve delta per round."""
-    logs = sig[:-1].log().clone()  # fixed: logs[0] = log sigma_max; the trailing 0 stays
-    lo = math.log(den.sigma_min)
+def _coordinate_search(den, sig, loss_fn, rounds, free_start):
+    """Move each log-sigma by +-delta while the loss drops; halve delta per round.
+
+    The trailing 0 stays; the first sigma moves only with ``free_start`` (never above
+    ``sigma_max``)."""
+    logs = sig[:-1].log().clone()
+    lo, hi = math.log(den.sigma_min), math.log(den.sigma_max)
 
     def build(ls: torch.Tensor) -> torch.Tensor:
         return torch.cat([ls.exp(), sig[-1:]])
@@ -133,11 +151,11 @@ def _coordinate_search(den, sig, loss_fn, rounds):
     best = loss_fn(build(logs))
     delta, evals = 0.5, 0
     for _ in range(rounds):
-        for i in range(1, len(logs)):
+        for i in range(0 if free_start else 1, len(logs)):
             for move in (-delta, delta):
                 trial = logs.clone()
                 trial[i] += move
-                upper = logs[i - 1] - 1e-3
+                upper = logs[i - 1] - 1e-3 if i > 0 else hi
                 lower = logs[i + 1] + 1e-3 if i + 1 < len(logs) else lo
                 if not lower <= float(trial[i]) <= upper:
                     continue
