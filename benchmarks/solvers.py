@@ -6,13 +6,13 @@ scheduler (with trailing, leading and Karras spacing wherever it offers them) sa
 reference set's noises and labels with the guided teacher (RECOMMENDED_GUIDANCE). Stage 1
 screens every configuration by RMSE on a separate screening set (--screen-n samples of the same
 high-accuracy sampler, seeds disjoint from the reference set, so no choice is made on the
-report set). Stage 1b tunes an Align-Your-Steps-style schedule (``tune_schedule(method="ays")``,
-free start) for the --ays-top best diffspeed solvers per NFE, starting from each one's best
-screened schedule, on --calib-n calibration noises (disjoint again; what a user runs with
-``diffspeed tune-schedule``) and screens the result like any other configuration. Stage 2
-runs the best diffspeed and the best diffusers configuration per NFE on all --n reference
-samples and reports RMSE to the reference samples and FDD (the reference set's own FDD
-alongside).
+report set). Stage 1b tunes an Align-Your-Steps-style schedule
+(``tune_schedule(method="ays")``, free start) for the --ays-top best diffspeed solvers per NFE,
+starting from each one's best screened schedule and from each of --ays-bases, on --calib-n
+calibration noises (disjoint again; what a user runs with ``diffspeed tune-schedule``), and
+screens the results like any other configuration. Stage 2 runs the best diffspeed and the
+best diffusers configuration per NFE on all --n reference samples and reports RMSE to the
+reference samples and FDD (the reference set's own FDD alongside).
 
     python benchmarks/solvers.py --n 1000 --out benchmarks/results/solvers.md
 """
@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500, help="reference samples for stage 2")
     ap.add_argument("--screen-n", type=int, default=100, help="screening-set samples (stage 1)")
     ap.add_argument("--ays-top", type=int, default=3, help="solvers per NFE given an AYS tune")
+    ap.add_argument("--ays-bases", default="leading",
+                    help="AYS also starts from these (besides each solver's best)")  # fmt: skip
     ap.add_argument("--nfe", default="4,5,6,8,10,15,20")
     ap.add_argument("--calib-n", type=int, default=32, help="calibration noises (DP, AYS)")
     ap.add_argument("--grid", type=int, default=100, help="DP candidate timesteps")
@@ -187,17 +189,19 @@ def main() -> None:
                 lab, sch = cfg.split("/")
                 if lab not in top and len(top) < args.ays_top:
                     top[lab] = sch
-            for lab, sch in top.items():
+            extra_bases = [b for b in args.ays_bases.split(",") if b]
+            for lab, best_sch in top.items():
                 sv, opts = spec_by_label[lab]
                 steps = SOLVERS[sv].steps_for_nfe(nfe)
-                res = tune_schedule(den, calib, sv, steps, cond=calib_cond, method="ays",
-                                    base=lookup(tuned, lab, sch, steps),
-                                    solver_options=opts)  # fmt: skip
-                sig = torch.tensor(res.sigmas, dtype=torch.float64)
-                tuned[(f"ays<{sch}", steps, lab)] = sig
-                ays_nfe += res.nfe
-                x = run_ours(den, noise, labels, sv, steps, sig, opts)
-                rows.append((nfe, "diffspeed", f"{lab}/ays<{sch}", rmse(x, target)))
+                for sch in dict.fromkeys([best_sch, *extra_bases]):
+                    res = tune_schedule(den, calib, sv, steps, cond=calib_cond, method="ays",
+                                        base=lookup(tuned, lab, sch, steps),
+                                        solver_options=opts)  # fmt: skip
+                    sig = torch.tensor(res.sigmas, dtype=torch.float64)
+                    tuned[(f"ays<{sch}", steps, lab)] = sig
+                    ays_nfe += res.nfe
+                    x = run_ours(den, noise, labels, sv, steps, sig, opts)
+                    rows.append((nfe, "diffspeed", f"{lab}/ays<{sch}", rmse(x, target)))
 
     log("stage 2")
     # stage 2: best of each side per NFE on all n samples, RMSE + FDD
@@ -234,8 +238,9 @@ def main() -> None:
         f"{SCREEN_SEED}), final numbers on all {args.n} reference samples. DP schedules "
         f"calibrated on {args.calib_n} noises with seeds "
         f"{CALIBRATION_SEED_BASE}+i (disjoint), cost {tune_nfe} network evaluations in total; "
-        f"AYS schedules (free start; `ays<base` names the starting schedule) for the "
-        f"{args.ays_top} best solvers per NFE on the same noises cost {ays_nfe} evaluations. "
+        f"AYS schedules (free start; `ays<base` names the starting schedule: each solver's best "
+        f"screened one and {args.ays_bases or 'no other'}) for the {args.ays_top} best solvers "
+        f"per NFE on the same noises cost {ays_nfe} evaluations. "
         f"Reference FDD {fdd_ref:.3f}. Wall time {time.time() - t0:.0f} s.",
         "",
         "| NFE | diffspeed best | RMSE | FDD | diffusers best | RMSE | FDD | RMSE ratio |",
