@@ -107,20 +107,19 @@ def main() -> None:
             flush=True,
         )
 
+    def measure(group, name, k, fn, set_=None, feats=None) -> None:
+        """Score ``fn`` on a whole sample set and time it on one image."""
+        n_, y_, s_ = set_ or (noise, labels, seeds)
+        add(group, name, k, chunked(fn, n_, y_, s_), latency_ms(lambda: fn(*one), args.repeats),
+            y_, feats)  # fmt: skip
+
     # training-free DDIM on the teacher
     for k in steps:
 
         def ddim(n, y, s, k=k):
             return sample(guided, n, "ddim", k, "trailing", cond={"class_labels": y})
 
-        add(
-            "base",
-            "teacher guided DDIM",
-            k,
-            chunked(ddim, noise, labels, seeds),
-            latency_ms(lambda: ddim(*one), args.repeats),
-            labels,
-        )
+        measure("base", "teacher guided DDIM", k, ddim)
 
     # consistency students
     students: list[tuple[str, Any]] = []
@@ -146,14 +145,7 @@ def main() -> None:
             def run(n, y, s, k=k, student=student, w=w):
                 return sample_consistency(student, n, y, k, guidance=w, generator=s)
 
-            add(
-                "base",
-                label,
-                k,
-                chunked(run, noise, labels, seeds),
-                latency_ms(lambda: run(*one), args.repeats),
-                labels,
-            )
+            measure("base", label, k, run)
 
     # distilled students of the step-distillation area, for comparison
     for name in shipped_students():
@@ -171,14 +163,7 @@ def main() -> None:
             def prun(n, y, s, st=st, w=w):
                 return sample_student(st, n, y, guidance=w)
 
-            add(
-                "base",
-                name,
-                st[1].steps,
-                chunked(prun, noise, labels, seeds),
-                latency_ms(lambda: prun(*one), args.repeats),
-                labels,
-            )
+            measure("base", name, st[1].steps, prun)
         except Exception as e:  # noqa: BLE001
             print(f"skip {name}: {e}")
 
@@ -223,23 +208,16 @@ def main() -> None:
             def flora(n, y, s, k=k):
                 return sample_consistency(lora_ft, n, y, k, generator=s)
 
-            add(
-                "thick",
-                "fine-tune guided DDIM",
-                k,
-                chunked(fddim, fnoise, flabels, fseeds),
-                latency_ms(lambda: fddim(*one), args.repeats),
-                flabels,
-                feats,
+            measure(
+                "thick", "fine-tune guided DDIM", k, fddim, (fnoise, flabels, fseeds), feats=feats
             )
-            add(
+            measure(
                 "thick",
                 "fine-tune + base LCM-LoRA",
                 k,
-                chunked(flora, fnoise, flabels, fseeds),
-                latency_ms(lambda: flora(*one), args.repeats),
-                flabels,
-                feats,
+                flora,
+                (fnoise, flabels, fseeds),
+                feats=feats,
             )
 
     print()
