@@ -1,0 +1,60 @@
+"""FDD and class accuracy of any student file (or the teacher's DDIM) on the report set.
+
+Scores training-run students that are not shipped (e.g. a round of a chain, a stage-1 student,
+an experimental consistency model) on the same noises and labels as the shipped ones
+(``ReferenceSpec(n)``, guidance ``RECOMMENDED_GUIDANCE``):
+
+    python benchmarks/student_fdd.py --ddim 16,32,64
+    python benchmarks/student_fdd.py runs/s2/progressive/round-1/student.safetensors
+    python benchmarks/student_fdd.py --consistency runs/s2/lcm-v/student.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from diffspeed.distill import sample_student
+from diffspeed.distill.consistency import load_consistency, sample_consistency
+from diffspeed.eval.metrics import class_accuracy, fdd
+from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
+from diffspeed.models.teacher import guided_teacher, load_teacher
+from diffspeed.solvers import sample
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("students", nargs="*", help="step-distilled student .safetensors / names")
+    ap.add_argument("--consistency", nargs="*", default=[], help="consistency students")
+    ap.add_argument("--ddim", default="", help="teacher guided DDIM (trailing) step counts")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ref = reference_set(ReferenceSpec(n=args.n))
+    ref_fdd = fdd(ref.samples)
+    noise, labels = ref.noise, ref.labels
+
+    def report(name: str, x: torch.Tensor) -> None:
+        f = fdd(x)
+        acc = class_accuracy(x, labels)
+        print(f"{name}: FDD {f:.3f} ({f / ref_fdd:.2f}x reference), accuracy {acc:.3f}", flush=True)
+
+    with torch.inference_mode():
+        den = guided_teacher(RECOMMENDED_GUIDANCE, load_teacher())
+        for k in (int(v) for v in args.ddim.split(",") if v):
+            x = sample(den, noise, "ddim", k, "trailing", cond={"class_labels": labels})
+            report(f"teacher guided DDIM-{k}", x)
+        for name in args.students:
+            report(name, sample_student(name, noise, labels))
+        for name in args.consistency:
+            student = load_consistency(name)
+            for k in (1, 2, 4, 8):
+                x = sample_consistency(student, noise, labels, k, guidance=RECOMMENDED_GUIDANCE,
+                                       generator=list(range(args.n)))  # fmt: skip
+                report(f"{name} {k} steps", x)
+
+
+if __name__ == "__main__":
+    main()
