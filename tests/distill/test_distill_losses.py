@@ -67,6 +67,53 @@ def test_progressive_target_is_exact_for_a_linear_teacher():
     assert fixed_loss(loss, Replay(), teacher, data) < 1e-8
 
 
+def exact_ode(x, sigma, sigma_next, labels, s=0.5):
+    """The toy's exact PF-ODE transport per sample (class means as in ``ClassToyEps``)."""
+    mu = ((labels.double() - 4.5) / 5).view(-1, 1, 1, 1)
+    v = (-1, 1, 1, 1)
+    ratio = torch.sqrt((s**2 + sigma_next**2) / (s**2 + sigma**2)).view(v)
+    return mu + ratio * (x.double() - mu)
+
+
+def test_ode_substeps_follow_the_exact_ode():
+    """ode_steps integrates the teacher's ODE (to sigma > 0 and to 0); DDIM does not."""
+    from diffspeed.distill.progressive import ddim_step, ode_steps
+
+    teacher = toy_teacher()
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(8) % 10
+    sigma = torch.tensor([40.0, 20.0, 5.0, 2.0, 1.0, 0.5, 3.0, 0.3], dtype=torch.float64)
+    sigma_next = torch.tensor([8.0, 2.0, 1.0, 0.0, 0.2, 0.0, 0.5, 0.1], dtype=torch.float64)
+    x = sigma.view(-1, 1, 1, 1) * torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64)
+    cond = {"class_labels": labels}
+    exact = exact_ode(x, sigma, sigma_next, labels)
+    err = (ode_steps(teacher, x.float(), sigma, sigma_next, cond, 16).double() - exact).abs()
+    ddim = (ddim_step(teacher, x.float(), sigma, sigma_next, cond).double() - exact).abs()
+    assert err.max() < 0.015, err.max()
+    assert ddim.max() > 20 * err.max()
+
+
+def test_progressive_substep_target_lands_on_the_ode():
+    """With ODE substeps the x~ target is the x0 whose one DDIM step hits the exact ODE."""
+    teacher = toy_teacher()
+    sig = get_sigmas(teacher, "trailing", 4)
+    cfg = Progressive(4, 2, guidance=1.0, teacher_substeps=8)
+
+    class ExactStudent(torch.nn.Module):
+        def forward(self, x, sigma, class_labels):
+            i = [int((sig[::2] - s).abs().argmin()) for s in sigma.tolist()]
+            s_next = sig[[2 * j + 2 for j in i]]
+            end = exact_ode(x, sigma, s_next, class_labels)
+            r = (s_next / sigma).view(-1, 1, 1, 1)
+            return ((end - r * x.double()) / (1 - r)).float()
+
+    data = toy_data()
+    assert fixed_loss(ProgressiveLoss(sig, cfg, substeps=8), ExactStudent(), teacher, data) < 1e-3
+    assert fixed_loss(ProgressiveLoss(sig, cfg), ExactStudent(), teacher, data) > 1e-2
+    with pytest.raises(ConfigError, match="teacher_substeps"):
+        Progressive(4, 2, teacher_substeps=0)
+
+
 def test_guidance_loss_decreases(tmp_path):
     teacher = toy_teacher()
     loss = GuidanceLoss(Guided(w_range=(1.0, 4.0), teacher_steps=4), NULL)

@@ -179,8 +179,11 @@ def test_cli_progressive_guided_kd(tmp_path, capsys):
         )
         == 0
     )
-    _, recipe = load_student(out / "round-1" / "student.safetensors")
+    den, recipe = load_student(out / "round-1" / "student.safetensors")
     assert recipe.w_conditioned and recipe.w_range == (1.0, 4.0)
+    # stage 1 keeps the teacher's eps output (starts exact); stage 2 switches to v
+    assert load_student(out / "stage1" / "student.safetensors")[0].prediction == "epsilon"
+    assert den.prediction == "v_prediction"
     out = tmp_path / "kd"
     assert (
         main(

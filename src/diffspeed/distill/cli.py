@@ -106,6 +106,7 @@ def _progressive(args: argparse.Namespace) -> int:
         parameterization=args.parameterization,
         weighting=args.weighting,
         guidance=args.guidance,
+        teacher_substeps=args.teacher_substeps,
     )
     guided = guided_teacher(cfg.guidance, teacher) if cfg.guidance != 1.0 else teacher
     path = distill_progressive(
@@ -132,10 +133,12 @@ def _guided(args: argparse.Namespace) -> int:
         w_range=_floats(args.w_range),
         guidance=args.guidance,
         parameterization=args.parameterization,
+        stage1_parameterization=args.stage1_parameterization,
         teacher_steps=args.teacher_steps,
         final_steps=args.final_steps,
         schedule=args.schedule,
         weighting=args.weighting,
+        teacher_substeps=args.teacher_substeps,
     )
     path = distill_guided(
         teacher,
@@ -209,6 +212,12 @@ def _common(p: argparse.ArgumentParser, *, teacher_steps: int, weighting: bool =
         p.add_argument("--final-steps", type=int, default=1)
         p.add_argument("--weighting", default="next_snr", help="progressive loss weighting")
         p.add_argument("--ship-steps", default="8,4,2,1", help="which rounds --ship copies")
+        p.add_argument(
+            "--teacher-substeps",
+            type=int,
+            default=1,
+            help="first round: 2nd-order ODE steps per teacher half step (1: one DDIM step)",
+        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -224,6 +233,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(m, teacher_steps=16)
     m.add_argument("--w-range", default="1,4", help="trained guidance range, e.g. 1,4")
     m.add_argument("--stage1-steps", type=int, default=300, help="steps of stage 1")
+    m.add_argument(
+        "--stage1-parameterization",
+        default="eps",
+        choices=["v", "x0", "eps"],
+        help="what the stage-1 student predicts (eps: the teacher's own, so it starts exact)",
+    )
     m.set_defaults(func=_guided)
 
     m = methods.add_parser("kd", help="knowledge distillation (Luhman & Luhman 2021)")

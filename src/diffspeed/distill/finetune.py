@@ -1,8 +1,15 @@
 """A 'second model' for LCM-LoRA: the teacher briefly fine-tuned on a style of the digits.
 
 LCM-LoRA's claim (Luo et al. 2023b) is that an adapter distilled on a base model accelerates
-other fine-tunes of that base without further training. The style here is ``"thick"``: every
-digit dilated with a 3x3 max filter (thicker strokes). The fine-tune is plain denoising
+other fine-tunes of that base without further training. Two styles of the digits:
+
+* ``"italic"``: slanted strokes (rows 0-1 shifted one pixel right, rows 6-7 one pixel left).
+  The digits classifier still reads 90.6 % of the real italic digits, so class accuracy stays
+  meaningful, and their FDD to the plain digits is 15.6: a real change of distribution.
+* ``"thick"``: every digit dilated with a 3x3 max filter. The classifier reads only 21 % of
+  these, so a thick model's class accuracy says little.
+
+The fine-tune is plain denoising
 training (eps-MSE, label dropout for guidance) started from the teacher's weights, written in
 the teacher's format so ``load_teacher(path)`` and ``reference_set(teacher_path=path)`` load it.
 Its FDD is measured against the *style's* data (:func:`style_features`), not the original
@@ -24,21 +31,33 @@ import torch.nn.functional as F
 from diffspeed.errors import ConfigError, unknown_name
 
 #: Styles a fine-tune can be trained on.
-STYLES = ("thick",)
+STYLES = ("italic", "thick")
 
 
-def style_data(style: str = "thick") -> tuple[torch.Tensor, torch.Tensor]:
+def shift_columns(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """``x [..., W]`` moved ``shift`` pixels right (left if negative); background (-1) fills."""
+    if shift == 0:
+        return x
+    pad = (shift, 0) if shift > 0 else (0, -shift)
+    padded = F.pad(x, pad, value=-1.0)
+    return padded[..., :-shift] if shift > 0 else padded[..., -shift:]
+
+
+def style_data(style: str = "italic") -> tuple[torch.Tensor, torch.Tensor]:
     """All 1797 digits in ``style`` (``[N, 1, 8, 8]`` in [-1, 1]) and their labels."""
     from diffspeed.models.digits import load_digits
 
     if style not in STYLES:
         raise unknown_name("fine-tune style", style, STYLES)
     x, y = load_digits("all")
-    return F.max_pool2d(x, 3, stride=1, padding=1), y  # 3x3 max filter: dilated strokes
+    if style == "thick":
+        return F.max_pool2d(x, 3, stride=1, padding=1), y  # 3x3 max filter: dilated strokes
+    rows = [shift_columns(x[:, :, i], 1 if i < 2 else -1 if i > 5 else 0) for i in range(8)]
+    return torch.stack(rows, dim=2), y  # slanted: top right, bottom left
 
 
 @lru_cache(maxsize=2)
-def style_features(style: str = "thick") -> np.ndarray:
+def style_features(style: str = "italic") -> np.ndarray:
     """Classifier features of the style's data: the FDD reference of a fine-tuned model."""
     from diffspeed.eval.metrics import features
 
@@ -56,7 +75,7 @@ class FineTune:
         seed: seed of the training loop.
     """
 
-    style: str = "thick"
+    style: str = "italic"
     steps: int = 300
     batch_size: int = 64
     lr: float = 2e-4

@@ -37,22 +37,27 @@ class Guided:
     Attributes:
         w_range: guidance scales the student is trained for (``w`` drawn uniformly).
         guidance: the scale a student samples at by default (inside ``w_range``).
-        parameterization: what the student predicts (``"v"``: stable at few steps).
+        parameterization: what the stage-2 students predict (``"v"``: stable at few steps).
+        stage1_parameterization: what the stage-1 student predicts. ``"eps"`` (the teacher's
+            own parameterisation) starts it exactly at the conditional teacher, so stage 1
+            only learns the guidance; a different one must first re-learn the output.
         stage1_weighting: weighting of the stage-1 regression over a uniform timestep
             (a :data:`~diffspeed.distill.progressive.WEIGHTINGS` name that depends on sigma
             only; ``"snr"``: the x0 error in eps units, the teacher's own training loss).
-        teacher_steps, final_steps, schedule, weighting: stage 2 (see
+        teacher_steps, final_steps, schedule, weighting, teacher_substeps: stage 2 (see
             :class:`~diffspeed.distill.progressive.Progressive`).
     """
 
     w_range: tuple[float, float] = (1.0, 4.0)
     guidance: float = 2.0
     parameterization: str = "v"
+    stage1_parameterization: str = "eps"
     stage1_weighting: str = "snr"
     teacher_steps: int = 16
     final_steps: int = 1
     schedule: str = "trailing"
     weighting: str = "next_snr"
+    teacher_substeps: int = 1
 
     def __post_init__(self) -> None:
         lo, hi = self.w_range
@@ -75,6 +80,7 @@ class Guided:
             weighting=self.weighting,
             guidance=self.guidance,
             w_range=tuple(self.w_range),
+            teacher_substeps=self.teacher_substeps,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,7 +169,7 @@ def distill_guided(
     if resume and path.is_file():
         student, _ = load_student(path)
     else:
-        student = make_student(teacher, config.parameterization, w_conditioned=True)
+        student = make_student(teacher, config.stage1_parameterization, w_conditioned=True)
         res = train(
             student,
             GuidanceLoss(config, int(null_label)),
