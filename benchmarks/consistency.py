@@ -67,7 +67,8 @@ def main() -> None:
     ap.add_argument("--ct", default="ct")
     ap.add_argument("--lcm", default="lcm")
     ap.add_argument("--lora", default=str(STUDENTS_DIR / "lcm-lora"))
-    ap.add_argument("--finetuned", default=str(STUDENTS_DIR / "teacher-thick.safetensors"))
+    ap.add_argument("--finetuned", default=str(STUDENTS_DIR / "teacher-italic.safetensors"),
+                    help="the second model: a style fine-tune of the teacher")  # fmt: skip
     ap.add_argument("--fp32", default=None, help="an fp32 student to compare with --lcm (int8)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
@@ -186,12 +187,14 @@ def main() -> None:
     if Path(args.finetuned).is_file():
         fspec = ReferenceSpec(n=args.ft_n)
         fref = reference_set(fspec, teacher_path=args.finetuned, progress=True)
-        feats = style_features("thick")
+        style = json.loads(Path(args.finetuned).with_suffix(".json").read_text())["finetune"]
+        style = style["style"]
+        feats = style_features(style)
         ft = load_teacher(args.finetuned)
         fguided = guided_teacher(fspec.guidance, ft)
         fnoise, flabels, fseeds = fref.noise, fref.labels, fspec.seeds()
         add(
-            "thick",
+            style,
             f"fine-tune {fspec.solver}-{fspec.steps} (ref)",
             2 * fspec.steps - 1,
             fref.samples,
@@ -199,6 +202,10 @@ def main() -> None:
             flabels,
             feats,
         )
+        # the base teacher's own samples scored against the style: how far the fine-tune moved
+        n_ft = args.ft_n
+        add(style, "base teacher (not fine-tuned)", 2 * spec.steps - 1, ref.samples[:n_ft],
+            float("nan"), labels[:n_ft], feats)  # fmt: skip
         lora_ft = (load_lora(args.lora, ft), Recipe("lcm", (0.0,)))
         for k in steps:
 
@@ -209,10 +216,10 @@ def main() -> None:
                 return sample_consistency(lora_ft, n, y, k, generator=s)
 
             measure(
-                "thick", "fine-tune guided DDIM", k, fddim, (fnoise, flabels, fseeds), feats=feats
+                style, "fine-tune guided DDIM", k, fddim, (fnoise, flabels, fseeds), feats=feats
             )
             measure(
-                "thick",
+                style,
                 "fine-tune + base LCM-LoRA",
                 k,
                 flora,

@@ -35,9 +35,17 @@ def test_unknown_style_and_bad_settings_are_refused():
         finetune_teacher("model.pt", FineTune(steps=1))
 
 
-def test_finetune_writes_a_loadable_teacher_that_moved(tmp_path):
-    out = finetune_teacher(tmp_path / "italic.safetensors", FineTune(steps=3, batch_size=8))
+def test_finetune_writes_a_loadable_teacher_that_moved(tmp_path, monkeypatch):
+    import diffspeed.distill.students as students
+
+    monkeypatch.setattr(students, "STUDENTS_DIR", tmp_path / "assets")
+    (tmp_path / "assets").mkdir()
+    cfg = FineTune(steps=3, batch_size=8)
+    out = finetune_teacher(tmp_path / "italic.safetensors", cfg, ship="second")
     tuned, base = load_teacher(out), load_teacher()
+    shipped = load_teacher(tmp_path / "assets" / "second.safetensors")  # int8 copy
+    for a, b in zip(tuned.model.parameters(), shipped.model.parameters(), strict=True):
+        assert (a - b).abs().max() <= 0.02 * a.abs().max() + 1e-6
     diff = [
         (a - b).abs().max()
         for a, b in zip(tuned.model.parameters(), base.model.parameters(), strict=True)

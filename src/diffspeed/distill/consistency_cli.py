@@ -269,8 +269,10 @@ def _finetune(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = FineTune(style=args.style, steps=args.steps, lr=args.lr, seed=args.seed)
-    path = finetune_teacher(args.out, cfg, teacher_path=args.teacher, progress=not args.no_progress)
-    print(f"wrote {path}")
+    path = finetune_teacher(
+        args.out, cfg, teacher_path=args.teacher, progress=not args.no_progress, ship=args.ship
+    )
+    print(f"wrote {path}" + (f" (shipped as students/{args.ship})" if args.ship else ""))
     return 0
 
 
@@ -316,7 +318,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser, *, steps: int, lr: float) -> None:
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--teacher", type=Path, default=None, help="teacher .safetensors")
-    p.add_argument("--data", default="digits", help="digits, or a fine-tune style (thick)")
+    p.add_argument("--data", default="digits", help="digits, or a fine-tune style (italic, thick)")
     p.add_argument("--parameterization", default="eps", choices=["eps", "v", "x0"])
     p.add_argument("--metric", default="pseudo_huber", choices=["pseudo_huber", "l2"])
     p.add_argument(
@@ -379,12 +381,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = methods.add_parser("finetune", help="fine-tune the teacher on a style (second model)")
     m.add_argument("--out", type=Path, required=True, help="output .safetensors")
     m.add_argument("--teacher", type=Path, default=None)
-    m.add_argument("--style", default="thick")
+    m.add_argument(
+        "--style",
+        default="italic",
+        choices=["italic", "thick"],
+        help="italic: slanted digits the classifier still reads (the shipped second model)",
+    )
     m.add_argument("--steps", type=int, default=300)
     m.add_argument("--lr", type=float, default=2e-4)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--threads", type=int, default=1)
     m.add_argument("--no-progress", action="store_true")
+    m.add_argument("--ship", default=None, help="also store it (int8) in the package as NAME")
     m.set_defaults(func=_finetune)
 
     m = methods.add_parser("sample", help="few-step samples of a consistency student to a PNG")

@@ -119,10 +119,13 @@ def finetune_teacher(
     *,
     teacher_path: str | Path | None = None,
     progress: bool = False,
+    ship: str | None = None,
 ) -> Path:
     """Fine-tune the teacher on ``config.style``; writes ``out`` (+ ``.json``, teacher format).
 
-    The run directory (checkpoints, logs) is ``<out>.run/``; an interrupted run resumes.
+    The run directory (checkpoints, logs) is ``<out>.run/``; an interrupted run resumes and a
+    finished one is not retrained. ``ship``: also store the model with int8 weights as
+    ``models/assets/students/<ship>.safetensors`` (how the shipped second model is made).
     """
     from diffspeed.distill.trainer import TrainConfig, TrainData, train
     from diffspeed.models.io import atomic_write_json, save_weights
@@ -154,4 +157,10 @@ def finetune_teacher(
     save_weights(out, result.best.state_dict(), cfg)  # the hash covers the architecture only
     cfg["finetune"] = asdict(config)
     atomic_write_json(out.with_suffix(".json"), cfg)
+    if ship:
+        from diffspeed.distill.students import STUDENTS_DIR
+
+        dest = STUDENTS_DIR / f"{ship}.safetensors"
+        save_weights(dest, result.best.state_dict(), teacher_config(), int8=True)
+        atomic_write_json(dest.with_suffix(".json"), cfg)
     return out
