@@ -187,8 +187,8 @@ def main() -> None:
     if Path(args.finetuned).is_file():
         fspec = ReferenceSpec(n=args.ft_n)
         fref = reference_set(fspec, teacher_path=args.finetuned, progress=True)
-        style = json.loads(Path(args.finetuned).with_suffix(".json").read_text())["finetune"]
-        style = style["style"]
+        ft_config = json.loads(Path(args.finetuned).with_suffix(".json").read_text())
+        style = ft_config["finetune"]["style"]
         feats = style_features(style)
         ft = load_teacher(args.finetuned)
         fguided = guided_teacher(fspec.guidance, ft)

@@ -153,14 +153,12 @@ def finetune_teacher(
         data=TrainData(x0, {"class_labels": y}),
         progress=progress,
     )
-    cfg = teacher_config()
-    save_weights(out, result.best.state_dict(), cfg)  # the hash covers the architecture only
-    cfg["finetune"] = asdict(config)
-    atomic_write_json(out.with_suffix(".json"), cfg)
-    if ship:
-        from diffspeed.distill.students import STUDENTS_DIR
+    from diffspeed.distill.students import STUDENTS_DIR
 
-        dest = STUDENTS_DIR / f"{ship}.safetensors"
-        save_weights(dest, result.best.state_dict(), teacher_config(), int8=True)
-        atomic_write_json(dest.with_suffix(".json"), cfg)
+    arch = teacher_config()  # the weights' hash covers the architecture only
+    cfg = {**arch, "finetune": asdict(config)}
+    targets = [(out, False)] + ([(STUDENTS_DIR / f"{ship}.safetensors", True)] if ship else [])
+    for path, int8 in targets:
+        save_weights(path, result.best.state_dict(), arch, int8=int8)
+        atomic_write_json(path.with_suffix(".json"), cfg)
     return out
