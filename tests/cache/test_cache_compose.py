@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import diffspeed
-from diffspeed.cache import FORA, ConditionCache, DeepCache, TaylorSeer
+from diffspeed.cache import FORA, ConditionCache, DeepCache, FirstBlockCache, TaylorSeer
 from diffspeed.models.teacher import guided_teacher, load_teacher
 from diffspeed.solvers import SOLVERS, available
 
@@ -118,6 +118,26 @@ def test_inside_a_dit_pipeline():
         a, b = run(), run()
         assert h.stats == {"evals": 10, "full": 6}
     assert (a == b).all() and not (a == ref).all()
+
+
+@pytest.mark.parametrize("config", [FORA(interval=3), TaylorSeer(interval=2), FirstBlockCache(0.5)])
+def test_torch_compile_does_not_recompile_per_step(config):
+    """The step index and skip decisions stay out of the graphs: a longer run compiles nothing
+    new (guards on the step index recompiled at every step and hit dynamo's limit on GPU)."""
+    from cache_models import CASES
+    from torch._dynamo.utils import counters
+
+    case = CASES["dit"]()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(case.model, backend="eager")
+    den = diffspeed.wrap(lambda x, t, **c: compiled(x, t, **c), "epsilon", case.den.alphas_cumprod)
+    with diffspeed.apply_cache(case.model, config):
+        diffspeed.sample(den, case.noise, "ddim", 6, cond=case.cond)
+        graphs = counters["stats"]["unique_graphs"]
+        diffspeed.sample(den, case.noise, "ddim", 12, cond=case.cond)
+    assert graphs > 0 and counters["stats"]["unique_graphs"] == graphs
+    torch._dynamo.reset()
 
 
 def test_torch_compile_matches_eager():

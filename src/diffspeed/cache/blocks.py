@@ -101,9 +101,30 @@ class BlockCacheRuntime(CacheRuntime):
             x is None or y is None or x.shape == y.shape for x, y in zip(stream, r, strict=True)
         )
 
+    # The engine's decisions and bookkeeping read Python state (the step index, histories,
+    # thresholds): they run eagerly, so under torch.compile the graphs hold only the blocks'
+    # tensor math and no guard on the step index triggers a recompile per step.
+    @torch.compiler.disable
     def _skip(self, stream: Stream) -> Any:
         self.skipping = True
         return self.adapter.pack(_add(stream, self.approximation()))
+
+    @torch.compiler.disable
+    def _decide_before(self, args: tuple, kwargs: dict, stream: Stream) -> bool:
+        return self.skip_from == 0 and self.skip_before(args, kwargs) and self.can_skip(stream)
+
+    @torch.compiler.disable
+    def _decide_after(self, stream: Stream, out_stream: Stream) -> bool:
+        return self.skip_after(stream[-1], out_stream[-1]) and self.can_skip(out_stream)
+
+    @torch.compiler.disable
+    def _record(self, residual: Stream) -> None:
+        self.on_full(residual)
+
+    @torch.compiler.disable
+    def _start_full(self, stream: Stream) -> None:
+        self.full += 1
+        self.seg_in = stream
 
     def _make(self, j: int):
         ad = self.adapter
@@ -116,7 +137,7 @@ class BlockCacheRuntime(CacheRuntime):
                     return ad.pack(ad.stream_in(args, kwargs))
                 out = orig(*args, **kwargs)
                 if j == self.last:
-                    self.on_full(_sub(ad.stream_out(out), self.seg_in))
+                    self._record(_sub(ad.stream_out(out), self.seg_in))
                 return out
 
             return forward
@@ -126,16 +147,15 @@ class BlockCacheRuntime(CacheRuntime):
     def _first(self, orig, args: tuple, kwargs: dict) -> Any:
         ad = self.adapter
         stream = ad.stream_in(args, kwargs)
-        if self.skip_from == 0 and self.skip_before(args, kwargs) and self.can_skip(stream):
+        if self._decide_before(args, kwargs, stream):
             return self._skip(stream)
         out = orig(*args, **kwargs)
         if self.skip_from == 1:
             out_stream = ad.stream_out(out)
-            if self.skip_after(stream[-1], out_stream[-1]) and self.can_skip(out_stream):
+            if self._decide_after(stream, out_stream):
                 return self._skip(out_stream)
             stream = out_stream
-        self.full += 1
-        self.seg_in = stream
+        self._start_full(stream)
         if self.last == 0:
-            self.on_full(_sub(ad.stream_out(out), stream))
+            self._record(_sub(ad.stream_out(out), stream))
         return out

@@ -49,7 +49,6 @@ class FirstBlockRuntime(BlockCacheRuntime):
         super().reset()
         self.prev_first: torch.Tensor | None = None
 
-    @torch.compiler.disable
     def skip_after(self, first_in: torch.Tensor, first_out: torch.Tensor) -> bool:
         r = first_out - first_in
         prev = self.prev_first

@@ -81,7 +81,6 @@ class TeaCacheRuntime(BlockCacheRuntime):
         c = self.config.coefficients
         return change if c is None else max(0.0, float(np.polyval(c, change)))
 
-    @torch.compiler.disable
     def skip_before(self, args: tuple, kwargs: dict) -> bool:
         mod = self.adapter.modulated_input(self.blocks[0], args, kwargs).detach()
         prev, self.prev_mod = self.prev_mod, mod
