@@ -8,6 +8,8 @@ import torch
 import diffspeed
 from diffspeed.distill.consistency import Boundary
 from diffspeed.distill.lora import (
+    ALL_TARGETS,
+    DEFAULT_TARGETS,
     META_NAME,
     WEIGHT_NAME,
     LoRA,
@@ -23,12 +25,17 @@ from diffspeed.errors import WeightsError
 from diffspeed.models.io import read_metadata
 
 
+@pytest.fixture(params=[DEFAULT_TARGETS, ALL_TARGETS], ids=["default-targets", "all-targets"])
+def targets(request):
+    return request.param
+
+
 @pytest.fixture
-def adapted(tiny_teacher):
+def adapted(tiny_teacher, targets):
     """A peft-adapted copy of the tiny teacher's UNet with non-zero LoRA weights."""
     import copy
 
-    net = add_lora(copy.deepcopy(tiny_teacher.model), LoRA(rank=4, alpha=8))
+    net = add_lora(copy.deepcopy(tiny_teacher.model), LoRA(4, 8, targets))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in net.named_parameters():
@@ -56,8 +63,8 @@ def test_only_lora_weights_train_and_start_at_zero(tiny_teacher):
         )
 
 
-def test_save_load_round_trip_in_diffusers_format(tmp_path, tiny_teacher, adapted):
-    cfg = LoRA(rank=4, alpha=8)
+def test_save_load_round_trip_in_diffusers_format(tmp_path, tiny_teacher, adapted, targets):
+    cfg = LoRA(4, 8, targets)
     path = save_lora(tmp_path, adapted, cfg, {"boundary": {"sigma_data": 0.5, "scale": 50.0}})
     assert path == tmp_path / WEIGHT_NAME and (tmp_path / META_NAME).is_file()
     # diffusers layout: unet.<module>.lora_A/B.weight, the peft LoraConfig in the header
@@ -65,6 +72,8 @@ def test_save_load_round_trip_in_diffusers_format(tmp_path, tiny_teacher, adapte
 
     raw = load_file(str(path))
     assert raw and all(k.startswith("unet.") and ".lora_" in k for k in raw)
+    stem_and_head = {"unet.conv_in.lora_A.weight", "unet.conv_out.lora_B.weight"}
+    assert stem_and_head <= set(raw) if targets == ALL_TARGETS else not stem_and_head & set(raw)
     meta = json.loads(read_metadata(path)["lora_adapter_metadata"])
     assert meta["unet.r"] == 4 and meta["unet.lora_alpha"] == 8
     tensors, back, info = read_lora(tmp_path)
@@ -83,8 +92,8 @@ def test_save_load_round_trip_in_diffusers_format(tmp_path, tiny_teacher, adapte
     assert den.boundary == Boundary(0.5, 50.0)
 
 
-def test_diffusers_pipeline_loads_the_adapter(tmp_path, tiny_teacher, adapted):
-    save_lora(tmp_path, adapted, LoRA(rank=4, alpha=8), {})
+def test_diffusers_pipeline_loads_the_adapter(tmp_path, tiny_teacher, adapted, targets):
+    save_lora(tmp_path, adapted, LoRA(4, 8, targets), {})
     pipe = lcm_pipeline(tiny_teacher.model)
     pipe.load_lora_weights(tmp_path)  # diffusers' own loader (peft backend)
     x, t, y = _inputs()
@@ -100,8 +109,8 @@ def test_diffusers_pipeline_loads_the_adapter(tmp_path, tiny_teacher, adapted):
     torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
 
 
-def test_adapter_for_another_architecture_is_refused(tmp_path, tiny_teacher, adapted):
-    save_lora(tmp_path, adapted, LoRA(rank=4, alpha=8), {})
+def test_adapter_for_another_architecture_is_refused(tmp_path, tiny_teacher, adapted, targets):
+    save_lora(tmp_path, adapted, LoRA(4, 8, targets), {})
     from diffusers import UNet2DModel
 
     cfg = {k: v for k, v in tiny_teacher.model.config.items() if not k.startswith("_")}

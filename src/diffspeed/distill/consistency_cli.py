@@ -234,6 +234,15 @@ def _lcm(args: argparse.Namespace) -> int:
     return _done(args, path)
 
 
+def _lora_targets(spec: str | None) -> tuple[str, ...]:
+    """``--targets``: None (the default set), ``all`` or comma-separated module suffixes."""
+    from diffspeed.distill.lora import ALL_TARGETS, DEFAULT_TARGETS
+
+    if not spec:
+        return DEFAULT_TARGETS
+    return ALL_TARGETS if spec == "all" else tuple(t for t in spec.split(",") if t)
+
+
 def _lcm_lora(args: argparse.Namespace) -> int:
     from diffspeed.distill.lcm import LCMLoss
     from diffspeed.distill.lora import LoRA, train_lcm_lora
@@ -244,7 +253,11 @@ def _lcm_lora(args: argparse.Namespace) -> int:
     out = train_lcm_lora(
         teacher,
         LCMLoss(cfg),
-        LoRA(rank=args.rank, alpha=args.alpha if args.alpha else float(args.rank)),
+        LoRA(
+            rank=args.rank,
+            alpha=args.alpha if args.alpha else float(args.rank),
+            targets=_lora_targets(args.targets),
+        ),
         _train_config(args),
         args.out,
         data=data,
@@ -376,6 +389,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         else:
             m.add_argument("--rank", type=int, default=8)
             m.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default rank)")
+            m.add_argument(
+                "--targets",
+                default=None,
+                help="module-name suffixes to adapt, comma-separated (peft target_modules; "
+                "default: attention projections, resnet convs and time projections), or "
+                "'all' for every conv / linear layer",
+            )
         m.set_defaults(func=func)
 
     m = methods.add_parser("finetune", help="fine-tune the teacher on a style (second model)")

@@ -32,6 +32,12 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 META_NAME = "diffspeed_lora.json"
 #: Module-name suffixes LoRA is applied to in a diffusers UNet (attention and ResNet layers).
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj")
+#: Every conv / linear layer of a diffusers UNet (adds the stem, head, time MLP, resampler
+#: convs and resnet shortcuts to :data:`DEFAULT_TARGETS`).
+ALL_TARGETS = (
+    *DEFAULT_TARGETS,
+    *("conv_in", "conv_out", "linear_1", "linear_2", "conv", "conv_shortcut"),
+)
 
 
 @dataclass(frozen=True)
