@@ -7,6 +7,7 @@ an experimental consistency model) on the same noises and labels as the shipped 
     python benchmarks/student_fdd.py --ddim 16,32,64
     python benchmarks/student_fdd.py runs/s2/progressive/round-1/student.safetensors
     python benchmarks/student_fdd.py --consistency runs/s2/lcm-v/student.safetensors
+    python benchmarks/student_fdd.py --ode dpmpp_2m,20,karras runs/g/stage1/student.safetensors
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from diffspeed.distill import sample_student
 from diffspeed.distill.consistency import load_consistency, sample_consistency
+from diffspeed.distill.students import load_student
 from diffspeed.eval.metrics import class_accuracy, fdd
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
 from diffspeed.models.teacher import guided_teacher, load_teacher
@@ -28,6 +30,12 @@ def main() -> None:
     ap.add_argument("students", nargs="*", help="step-distilled student .safetensors / names")
     ap.add_argument("--consistency", nargs="*", default=[], help="consistency students")
     ap.add_argument("--ddim", default="", help="teacher guided DDIM (trailing) step counts")
+    ap.add_argument(
+        "--ode",
+        default="",
+        help="SOLVER,STEPS,SCHEDULE: sample the teacher and every student with this solver "
+        "instead of their recipes (how close a student's own ODE is to the teacher's)",
+    )
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -46,8 +54,18 @@ def main() -> None:
         for k in (int(v) for v in args.ddim.split(",") if v):
             x = sample(den, noise, "ddim", k, "trailing", cond={"class_labels": labels})
             report(f"teacher guided DDIM-{k}", x)
+        if args.ode:
+            solver, steps, schedule = args.ode.split(",")
+            x = sample(den, noise, solver, int(steps), schedule, cond={"class_labels": labels})
+            report(f"teacher guided {args.ode}", x)
         for name in args.students:
-            report(name, sample_student(name, noise, labels))
+            if args.ode:
+                student, recipe = load_student(name)
+                x = sample(student, noise, solver, int(steps), schedule,
+                           cond=recipe.cond(labels, None))  # fmt: skip
+                report(f"{name} {args.ode}", x)
+            else:
+                report(name, sample_student(name, noise, labels))
         for name in args.consistency:
             student = load_consistency(name)
             for k in (1, 2, 4, 8):
