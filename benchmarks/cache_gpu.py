@@ -79,7 +79,7 @@ SD_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scal
 
 
 def build(model: str, cfg: dict, batch: int, dev: torch.device, dtype: torch.dtype, gen):
-    """``(guided denoiser, cond, latent shape, cache configs by interval)`` for one model."""
+    """``(network, guided denoiser, cond, latent shape, {cache name: interval -> config})``."""
     from diffusers import DDIMScheduler, DiTTransformer2DModel, UNet2DConditionModel
 
     torch.manual_seed(0)
