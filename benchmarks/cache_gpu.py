@@ -32,6 +32,7 @@ from collections.abc import Callable
 import torch
 
 import diffspeed
+from diffspeed.bench.timing import synchronize
 from diffspeed.cache import FORA, DeepCache, TaylorSeer
 from diffspeed.cache.calibrate import fidelity_psnr
 
@@ -108,12 +109,10 @@ def build(model: str, cfg: dict, batch: int, dev: torch.device, dtype: torch.dty
 
 def timed(run: Callable[[], torch.Tensor], dev: torch.device) -> tuple[float, torch.Tensor]:
     """``(seconds, output)`` of one run (CUDA synchronised)."""
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(dev)
     t0 = time.perf_counter()
     x = run()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(dev)
     return time.perf_counter() - t0, x
 
 

@@ -56,14 +56,15 @@ def main() -> None:
             report(f"teacher guided DDIM-{k}", x)
         if args.ode:
             solver, steps, schedule = args.ode.split(",")
-            x = sample(den, noise, solver, int(steps), schedule, cond={"class_labels": labels})
-            report(f"teacher guided {args.ode}", x)
+
+            def ode(d, cond):
+                return sample(d, noise, solver, int(steps), schedule, cond=cond)
+
+            report(f"teacher guided {args.ode}", ode(den, {"class_labels": labels}))
         for name in args.students:
             if args.ode:
                 student, recipe = load_student(name)
-                x = sample(student, noise, solver, int(steps), schedule,
-                           cond=recipe.cond(labels, None))  # fmt: skip
-                report(f"{name} {args.ode}", x)
+                report(f"{name} {args.ode}", ode(student, recipe.cond(labels, None)))
             else:
                 report(name, sample_student(name, noise, labels))
         for name in args.consistency:
