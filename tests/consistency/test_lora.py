@@ -1,6 +1,7 @@
 """LCM-LoRA adapters: diffusers-format save / load round trip, fusing, a diffusers pipeline."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -67,6 +68,9 @@ def test_save_load_round_trip_in_diffusers_format(tmp_path, tiny_teacher, adapte
     cfg = LoRA(4, 8, targets)
     path = save_lora(tmp_path, adapted, cfg, {"boundary": {"sigma_data": 0.5, "scale": 50.0}})
     assert path == tmp_path / WEIGHT_NAME and (tmp_path / META_NAME).is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temporary file's 0600
     # diffusers layout: unet.<module>.lora_A/B.weight, the peft LoraConfig in the header
     from safetensors.torch import load_file
 

@@ -216,15 +216,21 @@ def consistency_student(
     parameterization: str = "eps",
     w_conditioned: bool = False,
     strength: float = 1.0,
+    init: Any = None,
 ) -> ConsistencyDenoiser:
     """A trainable consistency student initialised from a discrete-time VP teacher.
 
     A copy of the teacher's network (``distill.students.make_student``: ``parameterization``
     ``"eps"``, ``"v"`` or ``"x0"``; optionally wrapped in a guidance-scale-conditioned
     :class:`~diffspeed.distill.wcond.WCondUNet`) inside :class:`ConsistencyDenoiser`.
+    ``init`` (a student denoiser, e.g. from ``load_student``) replaces the teacher as the
+    starting point; its own parameterisation is kept and ``parameterization`` is ignored.
     """
-    from diffspeed.distill.students import make_student
+    from diffspeed.distill.students import PARAMETERIZATIONS, make_student
 
+    if init is not None:
+        names = {v: k for k, v in PARAMETERIZATIONS.items()}
+        teacher, parameterization = init, names[init.prediction]
     inner = make_student(teacher, parameterization, w_conditioned=w_conditioned)
     return ConsistencyDenoiser(inner, boundary, strength)
 

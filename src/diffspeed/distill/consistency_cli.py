@@ -81,8 +81,11 @@ def _evaluator(args: argparse.Namespace, guidance: float | None) -> Any:
         from diffspeed.distill.students import Recipe
 
         recipe = Recipe("lcm", (0.0,), guidance or 1.0, guidance is not None and args.w_cond)
-        x = sample_consistency((student, recipe), noise, labels, 4, generator=seeds)
-        return {"fdd4": fdd(x), "accuracy4": class_accuracy(x, labels)}
+        scores = {}
+        for k in (1, 4):
+            x = sample_consistency((student, recipe), noise, labels, k, generator=seeds)
+            scores.update({f"fdd{k}": fdd(x), f"accuracy{k}": class_accuracy(x, labels)})
+        return scores
 
     return evaluate
 
@@ -211,12 +214,18 @@ def _lcm(args: argparse.Namespace) -> int:
 
     teacher, data = _prepare(args)
     cfg = _lcm_config(args, w_embedding=True)
+    init = None
+    if args.init:
+        from diffspeed.distill.students import load_student
+
+        init, _ = load_student(args.init)
     student = consistency_student(
         teacher,
         cfg.boundary,
         parameterization=args.parameterization,
         w_conditioned=True,
         strength=args.strength,
+        init=init,
     )
     args.w_cond = True
     path = train_consistency(
@@ -230,6 +239,7 @@ def _lcm(args: argparse.Namespace) -> int:
         resume=args.resume,
         evaluate=_evaluator(args, args.guidance),
         progress=not args.no_progress,
+        info={"init": str(args.init)} if args.init else None,
     )
     return _done(args, path)
 
@@ -248,11 +258,17 @@ def _lcm_lora(args: argparse.Namespace) -> int:
     from diffspeed.distill.lora import LoRA, train_lcm_lora
 
     teacher, data = _prepare(args)
-    cfg = _lcm_config(args, w_embedding=False)
+    if args.from_lcm:
+        from diffspeed.distill.lcm_kd import LCMKD, LCMKDLoss
+
+        kd = LCMKD.for_source(args.from_lcm, guidance=args.guidance, metric=args.metric)
+        loss: Any = LCMKDLoss(kd)
+    else:
+        loss = LCMLoss(_lcm_config(args, w_embedding=False))
     args.w_cond = False
     out = train_lcm_lora(
         teacher,
-        LCMLoss(cfg),
+        loss,
         LoRA(
             rank=args.rank,
             alpha=args.alpha if args.alpha else float(args.rank),
@@ -347,7 +363,7 @@ def _common(p: argparse.ArgumentParser, *, steps: int, lr: float) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--eval-every", type=int, default=0, help="4-step FDD every N steps")
+    p.add_argument("--eval-every", type=int, default=0, help="1- and 4-step FDD every N steps")
     p.add_argument("--eval-samples", type=int, default=200)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true")
@@ -386,6 +402,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         m.add_argument("--groups", type=int, default=2)
         if name == "lcm":
             m.add_argument("--w-range", default="1,2", help="trained guidance range")
+            m.add_argument(
+                "--init",
+                type=Path,
+                default=None,
+                help="start from this student's network and parameterisation (e.g. a "
+                "w-conditioned v student of 'distill guided') instead of the teacher's",
+            )
         else:
             m.add_argument("--rank", type=int, default=8)
             m.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default rank)")
@@ -395,6 +418,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                 help="module-name suffixes to adapt, comma-separated (peft target_modules; "
                 "default: attention projections, resnet convs and time projections), or "
                 "'all' for every conv / linear layer",
+            )
+            m.add_argument(
+                "--from-lcm",
+                default=None,
+                help="fit the adapter to this trained full-weight LCM (a path or 'lcm') at "
+                "--guidance instead of the LCM loss; grid and boundary come from it",
             )
         m.set_defaults(func=func)
 

@@ -128,6 +128,9 @@ def save_lora(
             unet_lora_adapter_metadata=meta,
         )
         os.replace(Path(tmp) / WEIGHT_NAME, out_dir / WEIGHT_NAME)
+    umask = os.umask(0)
+    os.umask(umask)
+    (out_dir / WEIGHT_NAME).chmod(0o666 & ~umask)  # the temporary file was private (0600)
     from diffspeed.models.io import atomic_write_json
 
     cfg = asdict(config)
@@ -319,9 +322,12 @@ def train_lcm_lora(
     evaluate: Any = None,
     progress: bool = False,
 ) -> Path:
-    """LCM-LoRA: the LCM loss (``loss``, an :class:`~diffspeed.distill.lcm.LCMLoss` without a
-    guidance embedding) on a LoRA student; the trained adapter (EMA weights) is saved to
-    ``out_dir/lora/`` in the diffusers format. Returns that directory."""
+    """LCM-LoRA: ``loss`` on a LoRA student; the trained adapter (EMA weights) is saved to
+    ``out_dir/lora/`` in the diffusers format. Returns that directory.
+
+    ``loss`` is the LCM loss (:class:`~diffspeed.distill.lcm.LCMLoss` without a guidance
+    embedding) or the regression onto a trained full-weight LCM
+    (:class:`~diffspeed.distill.lcm_kd.LCMKDLoss`); ``info["objective"]`` records which."""
     from diffspeed.distill.students import module_digest
     from diffspeed.distill.trainer import train
 
@@ -343,6 +349,7 @@ def train_lcm_lora(
         "boundary": result.best.boundary.to_dict(),
         "strength": result.best.strength,
         "method": "lcm-lora",
+        "objective": type(loss.config).__name__.lower(),
         "config": asdict(loss.config),
         "train": train_config.to_dict(),
         "teacher": digest,

@@ -1,0 +1,125 @@
+"""LCM-LoRA distilled from a full-weight LCM: a two-stage route to the adapter.
+
+LCM-LoRA's own objective (:class:`~diffspeed.distill.lcm.LCMLoss` on a frozen teacher plus
+LoRA) bootstraps the low-rank student from an EMA copy of itself through the teacher's ODE.
+Here the consistency function is learned first with full weights (``diffspeed consistency
+lcm``), and the adapter then regresses it directly at the guidance scale it is for:
+
+``loss = d(f_lora(x_t, t), f_lcm(x_t, t, w))``,  ``x_t = x0 + sigma_t z``,
+
+with ``t`` drawn per sample from the LCM grid (``k - 1, 2k - 1, ..., T - 1``: the timesteps
+the ``lcm`` schedule samples at). There is no teacher ODE step and no target network, so the
+regression target is fixed from the first step. The adapter is still a plain LoRA of the
+frozen base (diffusers format, plug-in for fine-tunes of the base).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffspeed.distill.consistency import METRICS, Boundary, distance, timestep_grid
+from diffspeed.errors import ConfigError, unknown_name
+
+
+@dataclass(frozen=True)
+class LCMKD:
+    """Settings of the regression onto a trained consistency model.
+
+    Attributes:
+        source: the full-weight consistency student (``.safetensors`` from ``consistency
+            lcm``, or a shipped name such as ``"lcm"``).
+        guidance: the scale the adapter bakes in (passed to a w-conditioned source).
+        k: the grid's skipping step in training timesteps (the source's ``k``).
+        strength: top of the grid (the source's trained ``strength``).
+        sigma_data, boundary_scale: the consistency parameterisation (the source's).
+        metric, huber_c: the distance (pseudo-Huber; c = 0.00054 sqrt(d) when None).
+    """
+
+    source: str
+    guidance: float = 1.25
+    k: int = 20
+    strength: float = 1.0
+    sigma_data: float = 0.5
+    boundary_scale: float = 100.0
+    metric: str = "pseudo_huber"
+    huber_c: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise unknown_name("consistency metric", self.metric, METRICS)
+        if self.k < 1 or not 0 < self.strength <= 1 or self.guidance < 0:
+            raise ConfigError("LCM-KD needs k >= 1, strength in (0, 1] and guidance >= 0")
+
+    @classmethod
+    def for_source(cls, source: str | Path, **settings: Any) -> LCMKD:
+        """Settings whose grid and boundary are read from the source student's config."""
+        from diffspeed.distill.students import _resolve
+
+        path = _resolve(source)
+        info = json.loads(path.with_suffix(".json").read_text()).get("info", {})
+        if "boundary" not in info:
+            raise ConfigError(f"{source} is not a consistency student (no boundary in its config)")
+        boundary = Boundary(**info["boundary"])
+        return cls(
+            source=str(path),
+            k=int(info.get("config", {}).get("k", cls.k)),
+            strength=float(info.get("strength", 1.0)),
+            sigma_data=boundary.sigma_data,
+            boundary_scale=boundary.scale,
+            **settings,
+        )
+
+    @property
+    def boundary(self) -> Boundary:
+        """The consistency parameterisation the adapter is built with (the source's)."""
+        return Boundary(self.sigma_data, self.boundary_scale)
+
+    @property
+    def w_min(self) -> float:
+        """The baked-in guidance scale (named like :class:`~diffspeed.distill.lcm.LCM`'s)."""
+        return self.guidance
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return asdict(self)
+
+
+class LCMKDLoss:
+    """``loss(student, teacher, x0, cond, ctx) -> [B]``: the student's consistency output
+    against the source's at the same noisy input (``teacher`` is unused)."""
+
+    def __init__(self, config: LCMKD) -> None:
+        from diffspeed.distill.consistency import load_consistency
+        from diffspeed.distill.students import unet_of
+        from diffspeed.distill.wcond import WCondUNet
+
+        self.config = config
+        self.emas: dict[str, float] = {}  # the target is fixed: no target network
+        self.source, _ = load_consistency(config.source)
+        self.source.requires_grad_(False).eval()
+        self.w_conditioned = isinstance(unet_of(self.source.inner), WCondUNet)
+        if config.boundary != self.source.boundary or config.strength != self.source.strength:
+            raise ConfigError(
+                f"the settings' boundary / strength differ from {config.source}'s; build them "
+                "with LCMKD.for_source"
+            )
+
+    def __call__(self, student: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: Any):
+        c = self.config
+        grid = timestep_grid(student, c.k, c.strength).to(x0.device)
+        idx = ctx.randint(1, len(grid)).to(x0.device)
+        sigma = grid[idx]
+        view = (-1,) + (1,) * (x0.ndim - 1)
+        x = x0 + sigma.view(view).to(x0.dtype) * ctx.randn(*x0.shape[1:])
+        scond = cond
+        if self.w_conditioned:
+            w = torch.full((x0.shape[0],), c.guidance, device=x0.device)
+            scond = {**cond, "guidance_scale": w}
+        with torch.no_grad():
+            target = self.source.to(x0.device)(x, sigma, **scond)
+        return distance(student(x, sigma, **cond), target, c.metric, c.huber_c)
