@@ -8,16 +8,18 @@ an experimental consistency model) on the same noises and labels as the shipped 
     python benchmarks/student_fdd.py runs/s2/progressive/round-1/student.safetensors
     python benchmarks/student_fdd.py --consistency runs/s2/lcm-v/student.safetensors
     python benchmarks/student_fdd.py --ode dpmpp_2m,20,karras runs/g/stage1/student.safetensors
+    python benchmarks/student_fdd.py --consistency lcm --steps 1 --strengths 1,0.8,0.6
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import torch
 
 from diffspeed.distill import sample_student
-from diffspeed.distill.consistency import load_consistency, sample_consistency
+from diffspeed.distill.consistency import load_consistency
 from diffspeed.distill.students import load_student
 from diffspeed.eval.metrics import class_accuracy, fdd
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
@@ -35,6 +37,13 @@ def main() -> None:
         default="",
         help="SOLVER,STEPS,SCHEDULE: sample the teacher and every student with this solver "
         "instead of their recipes (how close a student's own ODE is to the teacher's)",
+    )
+    ap.add_argument("--steps", default="1,2,4,8", help="consistency students' step counts")
+    ap.add_argument(
+        "--strengths",
+        default="",
+        help="consistency students: start the lcm schedule at these strengths (a lower start "
+        "than trained, from pure noise there) instead of the trained one",
     )
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
@@ -68,11 +77,14 @@ def main() -> None:
             else:
                 report(name, sample_student(name, noise, labels))
         for name in args.consistency:
-            student = load_consistency(name)
-            for k in (1, 2, 4, 8):
-                x = sample_consistency(student, noise, labels, k, guidance=RECOMMENDED_GUIDANCE,
-                                       generator=list(range(args.n)))  # fmt: skip
-                report(f"{name} {k} steps", x)
+            den, recipe = load_consistency(name)
+            cond = recipe.cond(labels, RECOMMENDED_GUIDANCE)
+            strengths = [float(v) for v in args.strengths.split(",") if v] or [den.strength]
+            for strength, k in itertools.product(strengths, map(int, args.steps.split(","))):
+                x = sample(den, noise, "lcm", k, "lcm", cond=cond, generator=list(range(args.n)),
+                           schedule_options={"strength": strength})  # fmt: skip
+                at = f", strength {strength}" if args.strengths else ""
+                report(f"{name} {k} steps{at}", x)
 
 
 if __name__ == "__main__":
