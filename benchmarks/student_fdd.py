@@ -9,6 +9,7 @@ an experimental consistency model) on the same noises and labels as the shipped 
     python benchmarks/student_fdd.py --consistency runs/s2/lcm-v/student.safetensors
     python benchmarks/student_fdd.py --ode dpmpp_2m,20,karras runs/g/stage1/student.safetensors
     python benchmarks/student_fdd.py --consistency lcm --steps 1 --strengths 1,0.8,0.6
+    python benchmarks/student_fdd.py --lora runs/s5/lora-kd8k/lora --steps 2,4,8
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import itertools
 import torch
 
 from diffspeed.distill import sample_student
-from diffspeed.distill.consistency import load_consistency
+from diffspeed.distill.consistency import load_consistency, sample_consistency
+from diffspeed.distill.lora import load_lora
 from diffspeed.distill.students import load_student
 from diffspeed.eval.metrics import class_accuracy, fdd
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
@@ -31,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("students", nargs="*", help="step-distilled student .safetensors / names")
     ap.add_argument("--consistency", nargs="*", default=[], help="consistency students")
+    ap.add_argument("--lora", nargs="*", default=[], help="LCM-LoRA directories (on the teacher)")
     ap.add_argument("--ddim", default="", help="teacher guided DDIM (trailing) step counts")
     ap.add_argument(
         "--ode",
@@ -38,7 +41,7 @@ def main() -> None:
         help="SOLVER,STEPS,SCHEDULE: sample the teacher and every student with this solver "
         "instead of their recipes (how close a student's own ODE is to the teacher's)",
     )
-    ap.add_argument("--steps", default="1,2,4,8", help="consistency students' step counts")
+    ap.add_argument("--steps", default="1,2,4,8", help="consistency / LoRA step counts")
     ap.add_argument(
         "--strengths",
         default="",
@@ -85,6 +88,11 @@ def main() -> None:
                            schedule_options={"strength": strength})  # fmt: skip
                 at = f", strength {strength}" if args.strengths else ""
                 report(f"{name} {k} steps{at}", x)
+        for path in args.lora:
+            den = load_lora(path, load_teacher())
+            for k in map(int, args.steps.split(",")):
+                x = sample_consistency(den, noise, labels, k, generator=list(range(args.n)))
+                report(f"{path} {k} steps", x)
 
 
 if __name__ == "__main__":
