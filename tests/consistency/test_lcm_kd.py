@@ -83,6 +83,11 @@ def test_lcm_kd_refuses_a_non_consistency_source_and_a_mismatched_boundary(tmp_p
     save_student(plain, student, consistency_recipe(ConsistencyDenoiser(student)))
     with pytest.raises(ConfigError, match="not a consistency student"):
         LCMKD.for_source(plain)
+    baked = tmp_path / "baked.safetensors"
+    info = {"boundary": Boundary().to_dict(), "strength": 1.0}
+    save_student(baked, student, consistency_recipe(ConsistencyDenoiser(student)), **info)
+    with pytest.raises(ConfigError, match="bakes in guidance 1.0"):
+        LCMKDLoss(LCMKD.for_source(baked, guidance=1.25))
     path, _ = _source(tmp_path, tiny_teacher)
     with pytest.raises(ConfigError, match="for_source"):
         LCMKDLoss(LCMKD(str(path), boundary_scale=50.0))

@@ -100,9 +100,14 @@ class LCMKDLoss:
 
         self.config = config
         self.emas: dict[str, float] = {}  # the target is fixed: no target network
-        self.source, _ = load_consistency(config.source)
+        self.source, recipe = load_consistency(config.source)
         self.source.requires_grad_(False).eval()
         self.w_conditioned = isinstance(unet_of(self.source.inner), WCondUNet)
+        if not self.w_conditioned and recipe.guidance != config.guidance:
+            raise ConfigError(
+                f"{config.source} bakes in guidance {recipe.guidance} (it takes no scale); "
+                f"fit the adapter at that guidance, not {config.guidance}"
+            )
         if config.boundary != self.source.boundary or config.strength != self.source.strength:
             raise ConfigError(
                 f"the settings' boundary / strength differ from {config.source}'s; build them "
