@@ -128,10 +128,9 @@ def save_lora(
             unet_lora_adapter_metadata=meta,
         )
         os.replace(Path(tmp) / WEIGHT_NAME, out_dir / WEIGHT_NAME)
-    umask = os.umask(0)
-    os.umask(umask)
-    (out_dir / WEIGHT_NAME).chmod(0o666 & ~umask)  # the temporary file was private (0600)
-    from diffspeed.models.io import atomic_write_json
+    from diffspeed.models.io import atomic_write_json, umask_mode
+
+    (out_dir / WEIGHT_NAME).chmod(umask_mode())  # the temporary file was private (0600)
 
     cfg = asdict(config)
     cfg["targets"] = list(config.targets)

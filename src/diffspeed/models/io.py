@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from diffspeed.errors import WeightsError
 
 
-def _umask_mode() -> int:
+def umask_mode() -> int:
+    """The permission bits a new file gets from the process umask (``0o666 & ~umask``)."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
@@ -32,7 +33,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -109,7 +110,7 @@ def save_weights(
     os.close(fd)
     try:
         save_file(flat, tmp, metadata=meta)
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
