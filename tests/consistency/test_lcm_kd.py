@@ -15,7 +15,7 @@ from diffspeed.distill.consistency import (
 from diffspeed.distill.lcm_kd import LCMKD, LCMKDLoss
 from diffspeed.distill.lora import LoRA, load_lora, train_lcm_lora
 from diffspeed.distill.students import make_student, save_student
-from diffspeed.errors import ConfigError
+from diffspeed.errors import ConfigError, WeightsError
 
 SIGMAS = (0.5, 3.0, 20.0, 150.0)
 
@@ -81,7 +81,7 @@ def test_lcm_kd_refuses_a_non_consistency_source_and_a_mismatched_boundary(tmp_p
     plain = tmp_path / "plain.safetensors"
     student = make_student(tiny_teacher, "eps")
     save_student(plain, student, consistency_recipe(ConsistencyDenoiser(student)))
-    with pytest.raises(ConfigError, match="not a consistency student"):
+    with pytest.raises(WeightsError, match="not a consistency student"):
         LCMKD.for_source(plain)
     baked = tmp_path / "baked.safetensors"
     info = {"boundary": Boundary().to_dict(), "strength": 1.0}

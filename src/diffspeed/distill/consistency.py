@@ -311,20 +311,27 @@ def load_consistency(
     """Load a consistency student (shipped name such as ``"cd"`` / ``"lcm"``, or a path):
     ``(ConsistencyDenoiser, Recipe)``. Sample it with :func:`sample_consistency` or
     ``diffspeed.sample(den, noise, "lcm", steps, "lcm", cond=recipe.cond(labels))``."""
-    import json
-
-    from diffspeed.distill.students import _resolve, load_student
-    from diffspeed.errors import WeightsError
+    from diffspeed.distill.students import load_student
 
     den, recipe = load_student(name_or_path, device=device)
-    info = json.loads(_resolve(name_or_path).with_suffix(".json").read_text()).get("info", {})
+    info = consistency_info(name_or_path)
+    strength = float(info.get("strength", 1.0))
+    return ConsistencyDenoiser(den, Boundary(**info["boundary"]), strength), recipe
+
+
+def consistency_info(name_or_path: str | Path) -> dict[str, Any]:
+    """The ``info`` of a consistency student's config (boundary scalings, strength, the
+    method's settings); a :class:`~diffspeed.errors.WeightsError` for any other student."""
+    from diffspeed.distill.students import read_student_config
+    from diffspeed.errors import WeightsError
+
+    info = read_student_config(name_or_path).get("info", {})
     if "boundary" not in info:
         raise WeightsError(
             f"{name_or_path} is not a consistency student (no boundary scalings in its config); "
             "load it with diffspeed.distill.students.load_student"
         )
-    strength = float(info.get("strength", 1.0))
-    return ConsistencyDenoiser(den, Boundary(**info["boundary"]), strength), recipe
+    return info
 
 
 def sample_consistency(

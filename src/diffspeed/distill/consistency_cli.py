@@ -100,13 +100,11 @@ def _top_sigma(teacher: Any, strength: float) -> float | None:
 
 
 def _ship(path: Path, name: str) -> None:
-    from diffspeed.distill.consistency import load_consistency
+    from diffspeed.distill.consistency import consistency_info, load_consistency
     from diffspeed.distill.students import STUDENTS_DIR, save_student
 
     den, recipe = load_consistency(path)
-    import json
-
-    info = json.loads(path.with_suffix(".json").read_text())["info"]
+    info = consistency_info(path)
     dest = STUDENTS_DIR / f"{name}.safetensors"
     save_student(dest, den.inner, recipe, int8=True, **info)
     print(f"shipped {dest}")

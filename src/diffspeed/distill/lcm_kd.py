@@ -15,14 +15,19 @@ frozen base (diffusers format, plug-in for fine-tunes of the base).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffspeed.distill.consistency import METRICS, Boundary, distance, timestep_grid
+from diffspeed.distill.consistency import (
+    METRICS,
+    Boundary,
+    consistency_info,
+    distance,
+    timestep_grid,
+)
 from diffspeed.errors import ConfigError, unknown_name
 
 
@@ -60,13 +65,10 @@ class LCMKD:
         """Settings whose grid and boundary are read from the source student's config."""
         from diffspeed.distill.students import _resolve
 
-        path = _resolve(source)
-        info = json.loads(path.with_suffix(".json").read_text()).get("info", {})
-        if "boundary" not in info:
-            raise ConfigError(f"{source} is not a consistency student (no boundary in its config)")
+        info = consistency_info(source)
         boundary = Boundary(**info["boundary"])
         return cls(
-            source=str(path),
+            source=str(_resolve(source)),
             k=int(info.get("config", {}).get("k", cls.k)),
             strength=float(info.get("strength", 1.0)),
             sigma_data=boundary.sigma_data,

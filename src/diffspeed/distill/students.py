@@ -215,6 +215,18 @@ def shipped_students() -> list[str]:
     return sorted(p.stem for p in STUDENTS_DIR.glob("*.safetensors"))
 
 
+def read_student_config(name_or_path: str | Path) -> dict[str, Any]:
+    """The JSON config beside a student's weights (a :class:`WeightsError` if it is missing or
+    not a diffspeed student's)."""
+    cfg_path = _resolve(name_or_path).with_suffix(".json")
+    if not cfg_path.is_file():
+        raise WeightsError(f"{cfg_path} is missing; a student needs its JSON config beside it")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("kind") != KIND:
+        raise WeightsError(f"{cfg_path} is not a diffspeed student config (kind {KIND!r})")
+    return cfg
+
+
 def load_student(
     name_or_path: str | Path,
     *,
@@ -228,12 +240,7 @@ def load_student(
             a ``.safetensors`` path written by :func:`save_student` (its ``.json`` beside it).
     """
     path = _resolve(name_or_path)
-    cfg_path = path.with_suffix(".json")
-    if not cfg_path.is_file():
-        raise WeightsError(f"{cfg_path} is missing; a student needs its JSON config beside it")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("kind") != KIND:
-        raise WeightsError(f"{cfg_path} is not a diffspeed student config (kind {KIND!r})")
+    cfg = read_student_config(path)
     arch = cfg["arch"]
     if arch["kind"] == "unet":
         from diffusers import UNet2DModel
