@@ -127,6 +127,8 @@ class LCMKDLoss:
         if self.w_conditioned:
             w = torch.full((x0.shape[0],), c.guidance, device=x0.device)
             scond = {**cond, "guidance_scale": w}
+        if self.source.device != x0.device:  # once, on the first batch
+            self.source.to(x0.device)
         with torch.no_grad():
-            target = self.source.to(x0.device)(x, sigma, **scond)
+            target = self.source(x, sigma, **scond)
         return distance(student(x, sigma, **cond), target, c.metric, c.huber_c)
