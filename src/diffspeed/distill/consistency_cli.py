@@ -199,7 +199,33 @@ def _lcm_config(args: argparse.Namespace, *, w_embedding: bool) -> Any:
         metric=args.metric,
         target_decay=args.target_decay,
         groups=args.groups,
+        anchor=args.anchor,
+        anchor_top=args.anchor_top,
+        anchor_pairs=args.anchor_pairs,
+        anchor_substeps=args.anchor_substeps,
     )
+
+
+def _lcm_loss(args: argparse.Namespace, cfg: Any, teacher: Any) -> Any:
+    """The LCM loss, with teacher trajectories (cached in ``--out``) when ``--anchor > 0``."""
+    from diffspeed.distill.lcm import LCMLoss
+
+    if cfg.anchor == 0:
+        return LCMLoss(cfg)
+    from diffspeed.distill.consistency import timestep_grid
+    from diffspeed.distill.trajectories import teacher_trajectories
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    trajectories = teacher_trajectories(
+        teacher,
+        timestep_grid(teacher, cfg.k, cfg.strength),
+        num=cfg.anchor_pairs,
+        w_range=(cfg.w_min, cfg.w_max),
+        substeps=cfg.anchor_substeps,
+        cache=args.out / "trajectories.safetensors",
+        progress=not args.no_progress,
+    )
+    return LCMLoss(cfg, trajectories)
 
 
 def _lcm(args: argparse.Namespace) -> int:
@@ -208,7 +234,6 @@ def _lcm(args: argparse.Namespace) -> int:
         consistency_student,
         train_consistency,
     )
-    from diffspeed.distill.lcm import LCMLoss
 
     teacher, data = _prepare(args)
     cfg = _lcm_config(args, w_embedding=True)
@@ -228,7 +253,7 @@ def _lcm(args: argparse.Namespace) -> int:
     args.w_cond = True
     path = train_consistency(
         student,
-        LCMLoss(cfg),
+        _lcm_loss(args, cfg, teacher),
         teacher,
         _train_config(args),
         args.out,
@@ -252,7 +277,6 @@ def _lora_targets(spec: str | None) -> tuple[str, ...]:
 
 
 def _lcm_lora(args: argparse.Namespace) -> int:
-    from diffspeed.distill.lcm import LCMLoss
     from diffspeed.distill.lora import LoRA, train_lcm_lora
 
     teacher, data = _prepare(args)
@@ -262,7 +286,7 @@ def _lcm_lora(args: argparse.Namespace) -> int:
         kd = LCMKD.for_source(args.from_lcm, guidance=args.guidance, metric=args.metric)
         loss: Any = LCMKDLoss(kd)
     else:
-        loss = LCMLoss(_lcm_config(args, w_embedding=False))
+        loss = _lcm_loss(args, _lcm_config(args, w_embedding=False), teacher)
     args.w_cond = False
     out = train_lcm_lora(
         teacher,
@@ -398,6 +422,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         m.add_argument("--solver", default="ddim", help="teacher ODE solver for one step")
         m.add_argument("--guidance", type=float, default=1.25, help="sampling / LoRA CFG scale")
         m.add_argument("--groups", type=int, default=2)
+        m.add_argument(
+            "--anchor",
+            type=float,
+            default=0.0,
+            help="weight of the trajectory term: also map states of cached teacher ODE "
+            "trajectories (computed once into --out) to their ends (0: plain LCM loss)",
+        )
+        m.add_argument(
+            "--anchor-top", type=float, default=0.5, help="share of those rows at the grid's top"
+        )
+        m.add_argument("--anchor-pairs", type=int, default=4000, help="number of trajectories")
+        m.add_argument(
+            "--anchor-substeps", type=int, default=2, help="teacher steps per grid interval"
+        )
         if name == "lcm":
             m.add_argument("--w-range", default="1,2", help="trained guidance range")
             m.add_argument(

@@ -25,6 +25,7 @@ from diffspeed.distill.consistency import (
     teacher_step,
     timestep_grid,
 )
+from diffspeed.distill.trajectories import Trajectories
 from diffspeed.errors import ConfigError, unknown_name
 
 
@@ -45,6 +46,14 @@ class LCM:
         target_decay: EMA decay of the target network (LCM: 0.95).
         groups: distinct grid indices per batch (one teacher solver call each).
         sigma_data, boundary_scale: the consistency parameterisation (:class:`Boundary`).
+        anchor: weight of the trajectory term (0: the plain LCM loss). With ``anchor > 0`` the
+            loss also maps states of cached teacher ODE trajectories
+            (:mod:`~diffspeed.distill.trajectories`) to their ends, so the chain of
+            bootstrapped hops is tied to the ODE's real endpoints.
+        anchor_top: the fraction of trajectory rows taken at the grid's top (the one-step
+            sampler's only point); the rest are uniform over the other grid points.
+        anchor_pairs, anchor_substeps: number of cached trajectories and DPM-Solver++(2M)
+            steps per grid interval that computed them.
     """
 
     k: int = 20
@@ -59,6 +68,10 @@ class LCM:
     groups: int = 4
     sigma_data: float = 0.5
     boundary_scale: float = 100.0
+    anchor: float = 0.0
+    anchor_top: float = 0.5
+    anchor_pairs: int = 4000
+    anchor_substeps: int = 2
 
     def __post_init__(self) -> None:
         from diffspeed.solvers.registry import SOLVERS
@@ -75,6 +88,11 @@ class LCM:
             )
         if self.k < 1 or self.groups < 1 or not 0 <= self.target_decay < 1:
             raise ConfigError("LCM needs k >= 1, groups >= 1 and target_decay in [0, 1)")
+        if self.anchor < 0 or not 0 <= self.anchor_top <= 1 or self.anchor_pairs < 1:
+            raise ConfigError(
+                "LCM needs anchor >= 0, anchor_top in [0, 1] and anchor_pairs >= 1, got "
+                f"{self.anchor}, {self.anchor_top}, {self.anchor_pairs}"
+            )
 
     @property
     def boundary(self) -> Boundary:
@@ -91,11 +109,19 @@ class LCMLoss:
 
     ``teacher`` is the unguided conditional denoiser (guidance is applied here per sample);
     ``student`` a :class:`~diffspeed.distill.consistency.ConsistencyDenoiser` whose network
-    takes ``guidance_scale`` when ``config.w_embedding``.
+    takes ``guidance_scale`` when ``config.w_embedding``. ``trajectories`` (required when
+    ``config.anchor > 0``) are teacher ODE trajectories on the student's grid
+    (:func:`~diffspeed.distill.trajectories.teacher_trajectories`).
     """
 
-    def __init__(self, config: LCM = LCM()) -> None:
+    def __init__(self, config: LCM = LCM(), trajectories: Trajectories | None = None) -> None:
+        if config.anchor > 0 and trajectories is None:
+            raise ConfigError(
+                "LCM anchor > 0 needs teacher trajectories "
+                "(diffspeed.distill.trajectories.teacher_trajectories)"
+            )
         self.config = config
+        self.trajectories = trajectories if config.anchor > 0 else None
         self.emas = {"target": config.target_decay}
 
     def __call__(self, student: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: Any):
@@ -116,4 +142,29 @@ class LCMLoss:
         # the student and the EMA target, both conditioned on w
         scond = {**cond, "guidance_scale": w.float()} if c.w_embedding else cond
         target = ctx.emas["target"](x_lo.detach(), s_lo, **scond).detach()
-        return distance(student(x_hi, s_hi, **scond), target, c.metric, c.huber_c)
+        loss = distance(student(x_hi, s_hi, **scond), target, c.metric, c.huber_c)
+        if self.trajectories is not None:
+            loss = loss + c.anchor * self._anchor(student, grid, ctx)
+        return loss
+
+    def _anchor(self, student: Any, grid: torch.Tensor, ctx: Any) -> torch.Tensor:
+        """``[B]`` distances between ``f`` at trajectory states and the trajectories' ends."""
+        c = self.config
+        tr = self.trajectories
+        if tr.sigmas.shape != grid.shape or not torch.allclose(tr.sigmas.to(grid), grid):
+            raise ConfigError(
+                "the anchor trajectories were sampled on another grid than the LCM's "
+                f"(k={c.k}, strength={c.strength}); recompute them for this grid"
+            )
+        if tr.states.device != grid.device:
+            tr = self.trajectories = tr.to(grid.device)
+        top = len(grid) - 1
+        rows = ctx.randint(0, len(tr))
+        at_top = ctx.rand() < c.anchor_top
+        idx = torch.where(at_top, top, ctx.randint(1, top)).to(grid.device)
+        rows = rows.to(grid.device)
+        acond: dict[str, Any] = {"class_labels": tr.labels[rows]}
+        if c.w_embedding:
+            acond["guidance_scale"] = tr.guidance[rows].float()
+        out = student(tr.states[rows, idx], grid[idx], **acond)
+        return distance(out, tr.endpoints[rows], c.metric, c.huber_c)

@@ -148,7 +148,7 @@ def module_digest(module: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(module_tensors(module).items()):
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
