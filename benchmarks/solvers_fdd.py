@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="report-set samples")
     ap.add_argument("--screen-n", type=int, default=1000, help="screening-set samples")
     ap.add_argument("--solvers", default="deis3,unipc3,unipc2,dpmpp_3m,dpmpp_2m,ipndm")
-    ap.add_argument("--schedules", default="leading,karras,exponential,logsnr")
+    ap.add_argument("--schedules", default="leading,karras,logsnr")
     ap.add_argument("--ays-bases", default="leading,exponential")
     ap.add_argument("--shifts", default="0,0.015,0.03")
     ap.add_argument("--calib-n", type=int, default=32, help="AYS calibration noises")

@@ -132,12 +132,14 @@ def test_torch_compile_does_not_recompile_per_step(config):
     counters.clear()
     compiled = torch.compile(case.model, backend="eager")
     den = diffspeed.wrap(lambda x, t, **c: compiled(x, t, **c), "epsilon", case.den.alphas_cumprod)
-    with diffspeed.apply_cache(case.model, config):
-        diffspeed.sample(den, case.noise, "ddim", 6, cond=case.cond)
-        graphs = counters["stats"]["unique_graphs"]
-        diffspeed.sample(den, case.noise, "ddim", 12, cond=case.cond)
-    assert graphs > 0 and counters["stats"]["unique_graphs"] == graphs
-    torch._dynamo.reset()
+    try:
+        with diffspeed.apply_cache(case.model, config):
+            diffspeed.sample(den, case.noise, "ddim", 6, cond=case.cond)
+            graphs = counters["stats"]["unique_graphs"]
+            diffspeed.sample(den, case.noise, "ddim", 12, cond=case.cond)
+        assert graphs > 0 and counters["stats"]["unique_graphs"] == graphs
+    finally:
+        torch._dynamo.reset()
 
 
 def test_torch_compile_matches_eager():
