@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from diffspeed.distill.finetune import FineTune, finetune_teacher, shift_columns, style_data
+from diffspeed.distill.finetune import (
+    FineTune,
+    finetune_teacher,
+    shift_columns,
+    style_data,
+    training_data,
+)
 from diffspeed.errors import ConfigError
 from diffspeed.models.digits import load_digits
 from diffspeed.models.teacher import load_teacher
@@ -24,6 +30,17 @@ def test_italic_slants_top_right_and_bottom_left():
     assert torch.equal(x[:, :, :2, 1:], plain[:, :, :2, :-1])  # top rows one pixel right
     assert torch.equal(x[:, :, 6:, :-1], plain[:, :, 6:, 1:])  # bottom rows one pixel left
     assert x.min() >= -1 and x.max() <= 1
+
+
+def test_training_data_joins_sets():
+    plain, labels = load_digits("all")
+    assert torch.equal(training_data("digits")[0], plain)
+    x, y = training_data("digits,thick")
+    n = len(plain)
+    assert x.shape == (2 * n, *plain.shape[1:]) and torch.equal(y, torch.cat([labels, labels]))
+    assert torch.equal(x[:n], plain) and torch.equal(x[n:], style_data("thick")[0])
+    with pytest.raises(ConfigError, match="digits"):
+        training_data("digits,bold")
 
 
 def test_unknown_style_and_bad_settings_are_refused():

@@ -43,8 +43,8 @@ def _train_config(args: argparse.Namespace) -> Any:
 def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
 
+    from diffspeed.distill.finetune import training_data
     from diffspeed.distill.trainer import TrainData
-    from diffspeed.models.digits import load_digits
     from diffspeed.models.teacher import load_teacher
 
     torch.set_num_threads(args.threads)
@@ -53,12 +53,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
             f"{args.out} already holds a run; pass --resume to continue it or choose another --out"
         )
     teacher = load_teacher(args.teacher)
-    if args.data == "digits":
-        x0, y = load_digits("all")
-    else:
-        from diffspeed.distill.finetune import style_data
-
-        x0, y = style_data(args.data)
+    x0, y = training_data(args.data)
     return teacher, TrainData(x0, {"class_labels": y})
 
 
@@ -369,7 +364,11 @@ def _sample(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser, *, steps: int, lr: float) -> None:
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--teacher", type=Path, default=None, help="teacher .safetensors")
-    p.add_argument("--data", default="digits", help="digits, or a fine-tune style (italic, thick)")
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="digits, a fine-tune style (italic, thick), or several joined, e.g. digits,thick",
+    )
     p.add_argument("--parameterization", default="eps", choices=["eps", "v", "x0"])
     p.add_argument("--metric", default="pseudo_huber", choices=["pseudo_huber", "l2"])
     p.add_argument(

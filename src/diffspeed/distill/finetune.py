@@ -56,6 +56,24 @@ def style_data(style: str = "italic") -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(rows, dim=2), y  # slanted: top right, bottom left
 
 
+def training_data(spec: str = "digits") -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels for a training command's ``--data``: ``"digits"`` (the real digits),
+    a style name (:data:`STYLES`), or several joined by commas (``"digits,thick"``: both sets
+    concatenated)."""
+    from diffspeed.models.digits import load_digits
+
+    parts = []
+    for name in spec.split(","):
+        if name == "digits":
+            parts.append(load_digits("all"))
+        elif name in STYLES:
+            parts.append(style_data(name))
+        else:
+            raise unknown_name("training data", name, ("digits", *STYLES))
+    x, y = zip(*parts, strict=True)
+    return torch.cat(x), torch.cat(y)
+
+
 @lru_cache(maxsize=2)
 def style_features(style: str = "italic") -> np.ndarray:
     """Classifier features of the style's data: the FDD reference of a fine-tuned model."""
