@@ -54,12 +54,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ref = reference_set(ReferenceSpec(n=args.n))
     ref_fdd = fdd(ref.samples)
+    print(f"reference: n={args.n}, FDD {ref_fdd:.4f}", flush=True)
     noise, labels = ref.noise, ref.labels
 
     def report(name: str, x: torch.Tensor) -> None:
         f = fdd(x)
         acc = class_accuracy(x, labels)
-        print(f"{name}: FDD {f:.3f} ({f / ref_fdd:.2f}x reference), accuracy {acc:.3f}", flush=True)
+        print(f"{name}: FDD {f:.4f} ({f / ref_fdd:.3f}x reference), accuracy {acc:.3f}", flush=True)
 
     with torch.inference_mode():
         den = guided_teacher(RECOMMENDED_GUIDANCE, load_teacher())
