@@ -21,7 +21,7 @@ import torch
 from diffspeed.distill.students import Recipe, make_student, module_digest, save_student
 from diffspeed.distill.trainer import LossContext, TrainConfig, TrainData, config_from_dict, train
 from diffspeed.errors import ConfigError
-from diffspeed.models.io import load_weights, read_metadata, save_weights
+from diffspeed.models.io import cached_tensors
 
 log = logging.getLogger("diffspeed")
 
@@ -101,37 +101,34 @@ def teacher_dataset(
     """
     from diffspeed.solvers import sample, seeded_noise
 
-    cache = Path(cache)
     key = hashlib.sha256(repr((config.to_dict(), module_digest(teacher))).encode()).hexdigest()
-    if cache.is_file() and read_metadata(cache).get("key") == key[:16]:
-        t = load_weights(cache)
-        return TrainData(t["output"], {"class_labels": t["labels"]}, {"noise": t["noise"]})
-    seeds = [config.seed * 1_000_003 + i for i in range(config.num_pairs)]
-    noise = seeded_noise(seeds, (1, 8, 8))
-    labels = torch.arange(config.num_pairs) % 10
-    chunks: Any = range(0, config.num_pairs, batch_size)
-    if progress:
-        from rich.progress import track
 
-        chunks = track(chunks, description="teacher outputs")
-    outs = []
-    for i in chunks:
-        sl = slice(i, i + batch_size)
-        outs.append(
-            sample(
-                teacher,
-                noise[sl].to(teacher.device),
-                config.teacher_solver,
-                config.teacher_steps,
-                config.teacher_schedule,
-                cond={"class_labels": labels[sl].to(teacher.device)},
-            ).cpu()
-        )
-    output = torch.cat(outs)
-    save_weights(
-        cache, {"noise": noise, "labels": labels, "output": output}, metadata={"key": key[:16]}
-    )
-    return TrainData(output, {"class_labels": labels}, {"noise": noise})
+    def compute() -> dict[str, torch.Tensor]:
+        seeds = [config.seed * 1_000_003 + i for i in range(config.num_pairs)]
+        noise = seeded_noise(seeds, (1, 8, 8))
+        labels = torch.arange(config.num_pairs) % 10
+        chunks: Any = range(0, config.num_pairs, batch_size)
+        if progress:
+            from rich.progress import track
+
+            chunks = track(chunks, description="teacher outputs")
+        outs = []
+        for i in chunks:
+            sl = slice(i, i + batch_size)
+            outs.append(
+                sample(
+                    teacher,
+                    noise[sl].to(teacher.device),
+                    config.teacher_solver,
+                    config.teacher_steps,
+                    config.teacher_schedule,
+                    cond={"class_labels": labels[sl].to(teacher.device)},
+                ).cpu()
+            )
+        return {"noise": noise, "labels": labels, "output": torch.cat(outs)}
+
+    t = cached_tensors(cache, key[:16], compute)
+    return TrainData(t["output"], {"class_labels": t["labels"]}, {"noise": t["noise"]})
 
 
 def distill_kd(

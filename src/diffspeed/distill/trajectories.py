@@ -94,7 +94,7 @@ def teacher_trajectories(
     """
     from diffspeed.core.guidance import guidance as cfg
     from diffspeed.distill.students import module_digest
-    from diffspeed.models.io import load_weights, read_metadata, save_weights
+    from diffspeed.models.io import cached_tensors
     from diffspeed.solvers import sample, seeded_noise
 
     if num < 1 or substeps < 1 or not 0 <= w_range[0] <= w_range[1]:
@@ -108,46 +108,44 @@ def teacher_trajectories(
     # a teacher that is not a torch module cannot be fingerprinted: its cache is never reused
     digest = module_digest(base) if isinstance(base, torch.nn.Module) else None
     key = hashlib.sha256(repr((settings, digest)).encode()).hexdigest()[:16]
-    reuse = cache is not None and digest is not None and Path(cache).is_file()
-    if reuse and read_metadata(cache).get("key") == key:
-        t = load_weights(cache)
-        return Trajectories(grid, t["states"], t["endpoints"], t["labels"], t["guidance"])
-    seeds = [seed * 1_000_003 + i for i in range(num)]
-    noise = seeded_noise(seeds, tuple(shape))
-    labels = torch.arange(num) % 10
-    lo, hi = w_range
-    w = lo + (hi - lo) * torch.rand(num, generator=torch.Generator().manual_seed(seed)).double()
-    sigmas = _refined(grid, substeps)
-    n_grid = len(grid)
-    states = torch.empty(num, n_grid, *noise.shape[1:])
-    endpoints = torch.empty_like(noise)
-    null = getattr(teacher, "null_label", 10)
-    chunks: Any = range(0, num, batch_size)
-    if progress:
-        from rich.progress import track
 
-        chunks = track(chunks, description="teacher trajectories")
-    for start in chunks:
-        rows = slice(start, start + batch_size)
-        den = cfg(teacher, w[rows].to(teacher.device), uncond={"class_labels": null})
-        part = states[rows]
-        part[:, n_grid - 1] = noise[rows] * teacher.noise_scale(float(grid[-1]))
+    def compute() -> dict[str, torch.Tensor]:
+        seeds = [seed * 1_000_003 + i for i in range(num)]
+        noise = seeded_noise(seeds, tuple(shape))
+        labels = torch.arange(num) % 10
+        lo, hi = w_range
+        u = torch.rand(num, generator=torch.Generator().manual_seed(seed)).double()
+        w = lo + (hi - lo) * u
+        sigmas = _refined(grid, substeps)
+        n_grid = len(grid)
+        states = torch.empty(num, n_grid, *noise.shape[1:])
+        endpoints = torch.empty_like(noise)
+        null = getattr(teacher, "null_label", 10)
+        chunks: Any = range(0, num, batch_size)
+        if progress:
+            from rich.progress import track
 
-        def keep(info: dict[str, Any], part: torch.Tensor = part) -> None:
-            i = info["i"] + 1  # steps taken
-            if i % substeps == 0 and i // substeps < n_grid:
-                part[:, n_grid - 1 - i // substeps] = info["x"].float().cpu()
+            chunks = track(chunks, description="teacher trajectories")
+        for start in chunks:
+            rows = slice(start, start + batch_size)
+            den = cfg(teacher, w[rows].to(teacher.device), uncond={"class_labels": null})
+            part = states[rows]
+            part[:, n_grid - 1] = noise[rows] * teacher.noise_scale(float(grid[-1]))
 
-        endpoints[rows] = sample(
-            den,
-            noise[rows].to(teacher.device),
-            "dpmpp_2m",
-            schedule=sigmas,
-            cond={"class_labels": labels[rows].to(teacher.device)},
-            callback=keep,
-        ).cpu()
-    out = Trajectories(grid, states, endpoints, labels, w)
-    if cache is not None:
-        tensors = {"states": states, "endpoints": endpoints, "labels": labels, "guidance": w}
-        save_weights(cache, tensors, metadata={"key": key})
-    return out
+            def keep(info: dict[str, Any], part: torch.Tensor = part) -> None:
+                i = info["i"] + 1  # steps taken
+                if i % substeps == 0 and i // substeps < n_grid:
+                    part[:, n_grid - 1 - i // substeps] = info["x"].float().cpu()
+
+            endpoints[rows] = sample(
+                den,
+                noise[rows].to(teacher.device),
+                "dpmpp_2m",
+                schedule=sigmas,
+                cond={"class_labels": labels[rows].to(teacher.device)},
+                callback=keep,
+            ).cpu()
+        return {"states": states, "endpoints": endpoints, "labels": labels, "guidance": w}
+
+    t = cached_tensors(cache, key if digest is not None else None, compute)
+    return Trajectories(grid, t["states"], t["endpoints"], t["labels"], t["guidance"])

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,26 @@ def load_weights(
                 "load it with the config it was saved with"
             )
     return _decompress_int8(tensors)
+
+
+def cached_tensors(
+    path: str | os.PathLike | None,
+    key: str | None,
+    compute: Callable[[], dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """Tensors cached in a safetensors file under a ``key`` stored in its header.
+
+    The file at ``path`` is reused when its key equals ``key``; otherwise (or with no file,
+    or ``key`` None: nothing to compare) ``compute()`` runs and its result is written there
+    atomically. ``path`` None: no cache.
+    """
+    reusable = path is not None and key is not None and Path(path).is_file()
+    if reusable and read_metadata(path).get("key") == key:
+        return load_weights(path)
+    tensors = compute()
+    if path is not None:
+        save_weights(path, tensors, metadata={"key": key or ""})
+    return tensors
 
 
 def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
