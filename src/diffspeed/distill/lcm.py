@@ -159,10 +159,8 @@ class LCMLoss:
         if tr.states.device != grid.device:
             tr = self.trajectories = tr.to(grid.device)
         top = len(grid) - 1
-        rows = ctx.randint(0, len(tr))
-        at_top = ctx.rand() < c.anchor_top
-        idx = torch.where(at_top, top, ctx.randint(1, top)).to(grid.device)
-        rows = rows.to(grid.device)
+        rows = ctx.randint(0, len(tr))  # ctx draws land on the batch's device, as grid does
+        idx = torch.where(ctx.rand() < c.anchor_top, top, ctx.randint(1, top))
         acond: dict[str, Any] = {"class_labels": tr.labels[rows]}
         if c.w_embedding:
             acond["guidance_scale"] = tr.guidance[rows].float()
