@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from diffspeed.distill.consistency import load_consistency, sample_consistency
-from diffspeed.distill.finetune import style_features
+from diffspeed.distill.finetune import finetune_style, style_features
 from diffspeed.distill.lora import load_lora
 from diffspeed.distill.students import STUDENTS_DIR, Recipe, sample_student, shipped_students
 from diffspeed.eval.metrics import class_accuracy, fdd
@@ -187,8 +187,7 @@ def main() -> None:
     if Path(args.finetuned).is_file():
         fspec = ReferenceSpec(n=args.ft_n)
         fref = reference_set(fspec, teacher_path=args.finetuned, progress=True)
-        ft_config = json.loads(Path(args.finetuned).with_suffix(".json").read_text())
-        style = ft_config["finetune"]["style"]
+        style = finetune_style(args.finetuned)
         feats = style_features(style)
         ft = load_teacher(args.finetuned)
         fguided = guided_teacher(fspec.guidance, ft)

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-from pathlib import Path
 
 import torch
 
 from diffspeed.distill.consistency import load_consistency, sample_consistency
-from diffspeed.distill.finetune import style_features
+from diffspeed.distill.finetune import finetune_style, style_features
 from diffspeed.distill.lora import load_lora
 from diffspeed.distill.students import STUDENTS_DIR
 from diffspeed.eval.metrics import class_accuracy, fdd
@@ -36,6 +34,12 @@ from diffspeed.models.teacher import load_teacher
 def transplant(lcm, base, finetune):
     """A copy of the consistency model ``lcm`` whose shared weights are moved by the
     fine-tune's change: ``W_ft + (W_lcm - W_base)``."""
+    if lcm.inner.prediction != base.prediction:
+        raise SystemExit(
+            f"the LCM predicts {lcm.inner.prediction!r} and the base teacher {base.prediction!r}: "
+            "their weight difference is not an update of the base; pass an LCM trained from "
+            "the base teacher's own parameterisation"
+        )
     out = copy.deepcopy(lcm)
     b, f = base.model.state_dict(), finetune.model.state_dict()
     new = {}
@@ -50,7 +54,12 @@ def transplant(lcm, base, finetune):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lora", nargs="*", default=[], help="adapter directories")
-    ap.add_argument("--lcm", default="lcm", help="the full-weight LCM (shipped name or path)")
+    ap.add_argument(
+        "--lcm",
+        required=True,
+        help="the full-weight LCM the adapters were fitted to (path or shipped name); it must "
+        "predict what the base teacher predicts, e.g. runs/s3/lcm-heun/student.safetensors",
+    )
     ap.add_argument("--finetuned", default=str(STUDENTS_DIR / "teacher-italic.safetensors"))
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--steps", default="2,4,8")
@@ -60,7 +69,7 @@ def main() -> None:
 
     spec = ReferenceSpec(n=args.n)
     ref = reference_set(spec, teacher_path=args.finetuned)
-    style = json.loads(Path(args.finetuned).with_suffix(".json").read_text())["finetune"]["style"]
+    style = finetune_style(args.finetuned)
     feats = style_features(style)
     ref_fdd = fdd(ref.samples, feats)
     base, ft = load_teacher(), load_teacher(args.finetuned)

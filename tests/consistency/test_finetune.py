@@ -5,12 +5,13 @@ import torch
 
 from diffspeed.distill.finetune import (
     FineTune,
+    finetune_style,
     finetune_teacher,
     shift_columns,
     style_data,
     training_data,
 )
-from diffspeed.errors import ConfigError
+from diffspeed.errors import ConfigError, WeightsError
 from diffspeed.models.digits import load_digits
 from diffspeed.models.teacher import load_teacher
 
@@ -69,3 +70,7 @@ def test_finetune_writes_a_loadable_teacher_that_moved(tmp_path, monkeypatch):
     ]
     assert max(diff) > 0
     assert (tmp_path / "italic.run").is_dir()  # the run directory keeps checkpoints
+    assert finetune_style(out) == finetune_style(tmp_path / "assets" / "second.safetensors")
+    assert finetune_style(out) == "italic"
+    with pytest.raises(WeightsError, match="not a style fine-tune"):
+        finetune_style(tmp_path / "plain.safetensors")

@@ -74,6 +74,23 @@ def training_data(spec: str = "digits") -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(x), torch.cat(y)
 
 
+def finetune_style(path: str | Path) -> str:
+    """The style a model written by :func:`finetune_teacher` was fine-tuned on (read from the
+    JSON beside its weights); a :class:`~diffspeed.errors.WeightsError` for any other model."""
+    import json
+
+    from diffspeed.errors import WeightsError
+
+    cfg_path = Path(path).with_suffix(".json")
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    if "finetune" not in cfg:
+        raise WeightsError(
+            f"{path} is not a style fine-tune (no 'finetune' entry in {cfg_path}); make one with "
+            "`diffspeed consistency finetune`"
+        )
+    return str(cfg["finetune"]["style"])
+
+
 @lru_cache(maxsize=2)
 def style_features(style: str = "italic") -> np.ndarray:
     """Classifier features of the style's data: the FDD reference of a fine-tuned model."""
