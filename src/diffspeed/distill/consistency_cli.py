@@ -457,8 +457,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             m.add_argument(
                 "--from-lcm",
                 default=None,
-                help="fit the adapter to this trained full-weight LCM (a path or 'lcm') at "
-                "--guidance instead of the LCM loss; grid and boundary come from it",
+                help="fit the adapter to this trained full-weight LCM (a student path) at "
+                "--guidance instead of the LCM loss; grid and boundary come from it. Use an "
+                "eps LCM: an eps adapter cannot follow the shipped v LCM's one-step output",
             )
         m.set_defaults(func=func)
 
