@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffspeed.core.contract import UNDECLARED, CondSpec
 from diffspeed.errors import NonFiniteError, ShapeError, SigmaRangeError
 
 #: Relative slack when checking that a requested sigma lies in the model's range.
@@ -48,6 +49,9 @@ class Denoiser(nn.Module):
             that batches cond and uncond counts once here and is reported as such).
         variance_preserving: whether the underlying model is VP (noise is scaled by
             ``sqrt(1 + sigma**2)`` at the start) or VE (scaled by ``sigma``).
+        cond_spec: the conditioning it takes and its unconditional value
+            (:class:`~diffspeed.core.contract.CondSpec`; undeclared until an adapter or the
+            model's owner sets it).
     """
 
     variance_preserving: bool = False
@@ -71,6 +75,7 @@ class Denoiser(nn.Module):
         self.sigma_max = float(sigma_max)
         self.check_finite = check_finite
         self.nfe = 0
+        self.cond_spec: CondSpec = UNDECLARED
 
     # --- what adapters provide -------------------------------------------------------------
     def scalings(
@@ -183,6 +188,10 @@ class DenoiserWrapper(nn.Module):
     @property
     def nfe(self) -> int:
         return self.inner.nfe
+
+    @property
+    def cond_spec(self) -> CondSpec:
+        return self.inner.cond_spec
 
     def reset_nfe(self) -> None:
         """Reset the inner denoiser's network-evaluation counter."""

@@ -46,16 +46,19 @@ class GuidedDenoiser(DenoiserWrapper):
             a ``[B]`` tensor (one scale per sample).
         uncond: for each conditioning key, the unconditional value: a scalar (e.g. the null
             class label), a batch-1 tensor (e.g. empty-prompt embeddings) or a batch-B tensor.
-            Keys of ``cond`` not named here are passed identically to both halves.
+            Keys of ``cond`` not named here are passed identically to both halves. ``None``
+            takes the denoiser's own (``denoiser.cond_spec.uncond``).
     """
 
     def __init__(
-        self, denoiser: Denoiser, scale: float | torch.Tensor, uncond: dict[str, Any]
+        self, denoiser: Denoiser, scale: float | torch.Tensor, uncond: dict[str, Any] | None = None
     ) -> None:
         super().__init__(denoiser)
+        if uncond is None:
+            uncond = denoiser.cond_spec.uncond_values()
         if not isinstance(uncond, dict) or not uncond:
             raise ConfigError(
-                "guidance needs uncond={key: value}, e.g. {'class_labels': null_label} or "
+                "guidance needs uncond={key: value}, e.g. the null class or "
                 "{'encoder_hidden_states': empty_prompt_embeddings}"
             )
         self.scale = scale
@@ -80,7 +83,10 @@ class GuidedDenoiser(DenoiserWrapper):
 
 
 def guidance(
-    denoiser: Denoiser, scale: float | torch.Tensor, uncond: dict[str, Any]
+    denoiser: Denoiser, scale: float | torch.Tensor, uncond: dict[str, Any] | None = None
 ) -> GuidedDenoiser:
-    """Classifier-free guidance around ``denoiser``; see :class:`GuidedDenoiser`."""
+    """Classifier-free guidance around ``denoiser``; see :class:`GuidedDenoiser`.
+
+    ``uncond`` defaults to the denoiser's conditioning spec (its null class, empty prompt).
+    """
     return GuidedDenoiser(denoiser, scale, uncond)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from diffspeed.core.adapters import DiscreteVPDenoiser
+from diffspeed.core.contract import CondSpec
 from diffspeed.core.guidance import GuidedDenoiser, guidance
 from diffspeed.errors import ConfigError, WeightsError
 from diffspeed.models.io import (
@@ -117,8 +118,26 @@ def load_teacher(
         unet.to(dtype=dtype)
     sched = build_scheduler(cfg["scheduler"])
     den = DiscreteVPDenoiser(unet, sched.alphas_cumprod, cfg["scheduler"]["prediction_type"])
-    den.null_label = cfg.get("null_label", NULL_LABEL)
+    den.cond_spec = digits_cond_spec(cfg.get("null_label", NULL_LABEL))
     return den
+
+
+def digits_cond_spec(null_label: int = NULL_LABEL) -> CondSpec:
+    """The digits teacher's conditioning: one class label per sample, ``null_label`` uncond.
+
+    Example conditions cycle through the ten classes (``i % 10`` for sample ``i``), so any
+    ``n`` samples are balanced over classes.
+    """
+
+    def examples(n: int) -> dict[str, torch.Tensor]:
+        return {"class_labels": torch.arange(n) % NUM_CLASSES}
+
+    return CondSpec(
+        keys=("class_labels",),
+        uncond={"class_labels": torch.tensor(null_label)},
+        sample_shape=(1, 8, 8),
+        examples=examples,
+    )
 
 
 def guided_teacher(
@@ -126,7 +145,7 @@ def guided_teacher(
 ) -> GuidedDenoiser:
     """The teacher with classifier-free guidance at ``scale`` (null class as uncond)."""
     den = denoiser if denoiser is not None else load_teacher()
-    return guidance(den, scale, uncond={"class_labels": getattr(den, "null_label", NULL_LABEL)})
+    return guidance(den, scale)
 
 
 def _lr_at(step: int, cfg: TeacherTraining) -> float:

@@ -1,0 +1,174 @@
+"""The conditioning contract: what a denoiser takes as ``cond`` and what "unconditional" means.
+
+Every denoiser carries a :class:`CondSpec`. Guidance, distillation targets, consistency
+teachers, trajectories, students' recipes, the bench and the caches read it; none of them names
+a conditioning key, a label number or an image shape of their own.
+
+- the digits teacher: ``keys=("class_labels",)``, ``uncond={"class_labels": null class}``;
+- a Stable Diffusion UNet: ``keys=("encoder_hidden_states",)``,
+  ``uncond={"encoder_hidden_states": empty-prompt embeddings [1, L, D]}``;
+- an unconditional model: ``keys=()``, ``uncond={}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from diffspeed.errors import ConfigError, ShapeError
+
+
+@dataclass(frozen=True)
+class CondSpec:
+    """The conditioning a denoiser takes.
+
+    Attributes:
+        keys: the ``cond`` keys the network takes (all required when given); ``None`` means not
+            declared (any keys pass, nothing is checked).
+        uncond: per key, the unconditional value: a scalar or a batch-1 tensor broadcast to the
+            batch (a null class; empty-prompt embeddings). Empty when the model has no
+            unconditional input; ``None`` when the key set is undeclared.
+        batch_dims: per key, the dimension that indexes samples (0 when not named).
+        sample_shape: the model's input shape without the batch (``(C, H, W)``), when known.
+        examples: ``examples(n) -> cond`` gives ``n`` representative conditions (one per sample,
+            e.g. the classes in turn or a prompt list), for benches and data-free distillation;
+            ``None`` when the model's owner supplies none.
+    """
+
+    keys: tuple[str, ...] | None = None
+    uncond: Mapping[str, Any] | None = None
+    batch_dims: Mapping[str, int] = field(default_factory=dict)
+    sample_shape: tuple[int, ...] | None = None
+    examples: Callable[[int], dict[str, Any]] | None = field(default=None, compare=False)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model takes any conditioning."""
+        return bool(self.keys)
+
+    @property
+    def guidable(self) -> bool:
+        """Whether classifier-free guidance can be formed (an uncond value for some key)."""
+        return bool(self.uncond)
+
+    def batch_dim(self, key: str) -> int:
+        """The sample dimension of ``cond[key]``."""
+        return self.batch_dims.get(key, 0)
+
+    def uncond_values(self) -> dict[str, Any]:
+        """The unconditional inputs, for :func:`diffspeed.guidance`; refuses a spec without."""
+        if not self.uncond:
+            raise ConfigError(
+                "this model declares no unconditional input, so classifier-free guidance has "
+                "nothing to contrast with; pass uncond={key: value} explicitly (e.g. the null "
+                "class, or the empty prompt's embeddings)"
+            )
+        return dict(self.uncond)
+
+    def unconditional(self, batch: int, like: torch.Tensor | None = None) -> dict[str, Any]:
+        """The unconditional ``cond`` for ``batch`` samples (each value broadcast)."""
+        out = {}
+        for key, value in self.uncond_values().items():
+            t = torch.as_tensor(value)
+            if like is not None:
+                t = t.to(like.device)
+            dim = self.batch_dim(key)
+            if t.ndim == 0:
+                out[key] = t.expand(batch)
+            else:
+                shape = list(t.shape)
+                shape[dim] = batch
+                out[key] = t.expand(*shape) if t.shape[dim] == 1 else t
+        return out
+
+    def example_cond(self, n: int) -> dict[str, Any]:
+        """``n`` representative conditions (``{}`` for an unconditional model)."""
+        if not self.conditional:
+            return {}
+        if self.examples is None:
+            raise ConfigError(
+                f"the model takes cond keys {list(self.keys or ())} but names no example "
+                "conditions; pass the conditions explicitly (cond=...) or build the denoiser "
+                "with a CondSpec(examples=...)"
+            )
+        return self.examples(n)
+
+    def check(self, cond: Mapping[str, Any], batch: int) -> None:
+        """Refuse missing or unknown keys and values whose sample count is not ``batch``."""
+        if self.keys is None:
+            return
+        missing = [k for k in self.keys if k not in cond]
+        unknown = [k for k in cond if k not in self.keys]
+        if missing or unknown:
+            raise ConfigError(
+                f"cond keys {sorted(cond)} do not match the model's {list(self.keys)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unknown {unknown}" if unknown else "")
+            )
+        for key in self.keys:
+            value = cond[key]
+            if isinstance(value, torch.Tensor) and value.ndim > 0:
+                n = value.shape[self.batch_dim(key)]
+                if n not in (1, batch):
+                    raise ShapeError(
+                        f"cond[{key!r}] holds {n} samples but the batch has {batch}; give one "
+                        "value per sample (or a single value to share)"
+                    )
+
+    def select(self, cond: Mapping[str, Any], index: slice | torch.Tensor) -> dict[str, Any]:
+        """The conditions of the samples ``index`` (batch-1 / scalar values are shared)."""
+        out = {}
+        for key, value in cond.items():
+            if not isinstance(value, torch.Tensor) or value.ndim == 0:
+                out[key] = value
+                continue
+            dim = self.batch_dim(key)
+            if value.shape[dim] == 1:
+                out[key] = value
+            elif isinstance(index, slice):
+                out[key] = value[(slice(None),) * dim + (index,)]
+            else:
+                out[key] = value.index_select(dim, index.to(value.device))
+        return out
+
+
+#: The spec of a denoiser that declares nothing (any cond passes through unchecked).
+UNDECLARED = CondSpec()
+
+
+@runtime_checkable
+class DenoiserLike(Protocol):
+    """What every denoiser (adapter or wrapper) offers: ``D(x, sigma, **cond) -> x0_hat``."""
+
+    sigma_min: float
+    sigma_max: float
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond: Any) -> torch.Tensor: ...
+
+    @property
+    def nfe(self) -> int: ...
+
+    @property
+    def cond_spec(self) -> CondSpec: ...
+
+    def noise_scale(self, sigma: float) -> float: ...
+
+
+def innermost(denoiser: Any) -> Any:
+    """The adapter at the bottom of any stack of wrappers (guidance, consistency, steppers).
+
+    Follows ``.inner`` (what wrappers name the denoiser they wrap) until it ends.
+    """
+    seen = set()
+    while hasattr(denoiser, "inner") and id(denoiser) not in seen:
+        seen.add(id(denoiser))
+        denoiser = denoiser.inner
+    return denoiser
+
+
+def network_of(denoiser: Any) -> torch.nn.Module | None:
+    """The network module under any depth of wrappers (``None`` for a plain function)."""
+    return getattr(innermost(denoiser), "model", None)
