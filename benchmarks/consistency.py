@@ -8,7 +8,7 @@ reference), the re-noising of multistep sampling seeded per sample:
 * CD, CT, LCM (w-conditioned, sampled at the reference's guidance) and LCM-LoRA students;
 * shipped progressive / guided-distilled students, when present;
 * the second model: the style fine-tune's own reference, its DDIM, and the *base* teacher's
-  LCM-LoRA applied to it — FDD against the style's data (``distill.finetune.style_features``).
+  LCM-LoRA applied to it — FDD against the style's data (``models.styles.style_features``).
 
 Latency: one image, one warm-up, median of ``--repeats`` timed runs, torch threads fixed.
 
@@ -27,11 +27,12 @@ from typing import Any
 import torch
 
 from diffspeed.distill.consistency import load_consistency, sample_consistency
-from diffspeed.distill.finetune import finetune_style, style_features
+from diffspeed.distill.finetune import finetune_style
 from diffspeed.distill.lora import load_lora
 from diffspeed.distill.students import STUDENTS_DIR, Recipe, sample_student, shipped_students
 from diffspeed.eval.metrics import class_accuracy, fdd
 from diffspeed.eval.reference import ReferenceSpec, reference_set
+from diffspeed.models.styles import style_features
 from diffspeed.models.teacher import guided_teacher, load_teacher
 from diffspeed.solvers import sample, seeded_noise
 

@@ -77,7 +77,7 @@ def step_cost(student, teacher, batch: int, repeats: int) -> tuple[float, float]
     x = torch.randn(batch, 1, 8, 8)
     y = torch.arange(batch) % 10
     sigma = torch.full((batch,), 10.0)
-    cond_s = recipe.cond(y, None)
+    cond_s = recipe.cond({"class_labels": y})
 
     def timed(fn) -> float:
         fn()  # warm-up

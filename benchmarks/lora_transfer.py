@@ -23,11 +23,12 @@ import copy
 import torch
 
 from diffspeed.distill.consistency import load_consistency, sample_consistency
-from diffspeed.distill.finetune import finetune_style, style_features
+from diffspeed.distill.finetune import finetune_style
 from diffspeed.distill.lora import load_lora
 from diffspeed.distill.students import STUDENTS_DIR
 from diffspeed.eval.metrics import class_accuracy, fdd
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
+from diffspeed.models.styles import style_features
 from diffspeed.models.teacher import load_teacher
 
 

@@ -77,12 +77,12 @@ def main() -> None:
         for name in args.students:
             if args.ode:
                 student, recipe = load_student(name)
-                report(f"{name} {args.ode}", ode(student, recipe.cond(labels, None)))
+                report(f"{name} {args.ode}", ode(student, recipe.cond({"class_labels": labels})))
             else:
                 report(name, sample_student(name, noise, labels))
         for name in args.consistency:
             den, recipe = load_consistency(name)
-            cond = recipe.cond(labels, RECOMMENDED_GUIDANCE)
+            cond = recipe.cond({"class_labels": labels}, RECOMMENDED_GUIDANCE)
             strengths = [float(v) for v in args.strengths.split(",") if v] or [den.strength]
             for strength, k in itertools.product(strengths, map(int, args.steps.split(","))):
                 x = sample(den, noise, "lcm", k, "lcm", cond=cond, generator=list(range(args.n)),

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from diffspeed.core.adapters import DiscreteVPDenoiser
+from diffspeed.models.teacher import digits_cond_spec
 from diffspeed.toy import ddpm_alphas_cumprod
 
 TINY_UNET = {
@@ -31,5 +32,5 @@ def tiny_unet(seed: int = 0) -> torch.nn.Module:
 def tiny_teacher() -> DiscreteVPDenoiser:
     """A randomly initialised class-conditional discrete VP denoiser (null label 10)."""
     den = DiscreteVPDenoiser(tiny_unet().requires_grad_(False), ddpm_alphas_cumprod())
-    den.null_label = 10
+    den.cond_spec = digits_cond_spec(10)
     return den

@@ -3,16 +3,10 @@
 import pytest
 import torch
 
-from diffspeed.distill.finetune import (
-    FineTune,
-    finetune_style,
-    finetune_teacher,
-    shift_columns,
-    style_data,
-    training_data,
-)
+from diffspeed.distill.finetune import FineTune, finetune_style, finetune_teacher
 from diffspeed.errors import ConfigError, WeightsError
 from diffspeed.models.digits import load_digits
+from diffspeed.models.styles import shift_columns, style_data, training_data
 from diffspeed.models.teacher import load_teacher
 
 

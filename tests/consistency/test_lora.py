@@ -16,7 +16,6 @@ from diffspeed.distill.lora import (
     LoRA,
     add_lora,
     fuse_lora,
-    lcm_pipeline,
     load_lora,
     lora_state_dict,
     read_lora,
@@ -24,6 +23,7 @@ from diffspeed.distill.lora import (
 )
 from diffspeed.errors import WeightsError
 from diffspeed.models.io import read_metadata
+from diffspeed.models.pipelines import lcm_pipeline
 
 
 @pytest.fixture(params=[DEFAULT_TARGETS, ALL_TARGETS], ids=["default-targets", "all-targets"])

@@ -1,5 +1,7 @@
 """Teacher ODE trajectories on the LCM grid and the LCM loss's trajectory (anchor) term."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from diffspeed.distill.lcm import LCM, LCMLoss
 from diffspeed.distill.trainer import LossContext
 from diffspeed.distill.trajectories import teacher_trajectories
 from diffspeed.errors import ConfigError
+from diffspeed.models.teacher import digits_cond_spec
 from diffspeed.solvers import seeded_noise
 from diffspeed.toy import GaussianToy, ddpm_alphas_cumprod, vp_eps_network
 
@@ -31,13 +34,13 @@ def _toy_teacher():
     ac = ddpm_alphas_cumprod()
     toy = GaussianToy(0.3, 0.7)
     teacher = wrap(ToyNet(toy, ac), "epsilon", ac)
-    teacher.null_label = 10
+    teacher.cond_spec = replace(digits_cond_spec(10), sample_shape=SHAPE)
     return teacher, toy
 
 
 def _trajectories(teacher, tmp_path, **kw):
     grid = timestep_grid(teacher, 50, 1.0)
-    args = {"num": 12, "w_range": (1.0, 2.0), "shape": SHAPE, "substeps": 4, **kw}
+    args = {"num": 12, "w_range": (1.0, 2.0), "substeps": 4, **kw}
     return teacher_trajectories(teacher, grid, cache=tmp_path / "traj.safetensors", **args)
 
 

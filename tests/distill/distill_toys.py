@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from diffspeed.core.adapters import DiscreteVPDenoiser
+from diffspeed.models.teacher import digits_cond_spec
 from diffspeed.toy import ddpm_alphas_cumprod
 
 AC = ddpm_alphas_cumprod()
@@ -52,7 +53,7 @@ class ClassToyEps(nn.Module):
 
 def toy_teacher() -> DiscreteVPDenoiser:
     den = DiscreteVPDenoiser(ClassToyEps(), AC, "epsilon")
-    den.null_label = NULL
+    den.cond_spec = digits_cond_spec(NULL)
     return den
 
 

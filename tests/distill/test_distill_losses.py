@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from distill_toys import AC, NULL, tiny_unet, toy_data, toy_teacher
+from distill_toys import AC, tiny_unet, toy_data, toy_teacher
 
 from diffspeed.core.adapters import DiscreteVPDenoiser
 from diffspeed.distill import LossContext, TrainConfig, step_generator, train
@@ -116,7 +116,7 @@ def test_progressive_substep_target_lands_on_the_ode():
 
 def test_guidance_loss_decreases(tmp_path):
     teacher = toy_teacher()
-    loss = GuidanceLoss(Guided(w_range=(1.0, 4.0), teacher_steps=4), NULL)
+    loss = GuidanceLoss(Guided(w_range=(1.0, 4.0), teacher_steps=4))
     check_decreases(loss, v_student(wcond=True), teacher, toy_data(), tmp_path)
 
 

@@ -18,6 +18,7 @@ from diffspeed.distill.students import (
 from diffspeed.distill.wcond import WCondUNet, load_wcond, save_wcond
 from diffspeed.errors import ConfigError, ShapeError, UnsupportedModelError, WeightsError
 from diffspeed.models.io import atomic_write_json, save_weights
+from diffspeed.models.teacher import digits_cond_spec
 from diffspeed.solvers.schedules import get_sigmas
 
 X = torch.randn(4, 1, 8, 8)
@@ -58,7 +59,7 @@ def test_wcond_needs_a_class_embedding():
 
 def teacher():
     den = DiscreteVPDenoiser(tiny_unet().eval().requires_grad_(False), AC, "epsilon")
-    den.null_label = NULL
+    den.cond_spec = digits_cond_spec(NULL)
     return den
 
 
@@ -71,7 +72,12 @@ def test_save_load_sample_round_trip(tmp_path, wcond):
     )
     path = save_student(tmp_path / "s.safetensors", student, recipe, method="test")
     den, back = load_student(path)
-    assert back == recipe and den.prediction == "v_prediction" and den.null_label == NULL
+    assert (
+        back == recipe
+        and den.prediction == "v_prediction"
+        and den.cond_spec.keys == ("class_labels",)
+    )
+    assert int(den.cond_spec.uncond["class_labels"]) == NULL
     noise, y = torch.randn(5, 1, 8, 8), torch.arange(5)
     x, info = sample_student((den, back), noise, y, return_info=True)
     assert info["nfe"] == 3 and info["sigmas"] == list(recipe.sigmas)

@@ -102,10 +102,7 @@ class CDLoss:
         x_hi = x0 + s_hi.view(view).to(x0.dtype) * ctx.randn(*x0.shape[1:])
         # one teacher ODE step to sigma_n (CFG-augmented unless guidance is 1)
         guided = c.guidance if c.guidance != 1 else None
-        null = getattr(teacher, "null_label", 10)
-        x_lo = teacher_step(
-            teacher, x_hi, s_hi, s_lo, solver=c.solver, cond=cond, guidance=guided, null_label=null
-        )
+        x_lo = teacher_step(teacher, x_hi, s_hi, s_lo, solver=c.solver, cond=cond, guidance=guided)
         # the EMA target network at sigma_n, the online student at sigma_{n+1}
         target = ctx.emas["target"](x_lo.detach(), s_lo, **cond).detach()
         return distance(student(x_hi, s_hi, **cond), target, c.metric, c.huber_c)

@@ -60,7 +60,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
     from diffspeed.distill.students import recipe_evaluator
     from diffspeed.distill.trainer import TrainData
-    from diffspeed.models.digits import load_digits
+    from diffspeed.models.styles import digit_scores, training_set
     from diffspeed.models.teacher import load_teacher
 
     torch.set_num_threads(args.threads)
@@ -69,9 +69,10 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             f"{args.out} already holds a run; pass --resume to continue it or choose another --out"
         )
     teacher = load_teacher(args.teacher)
-    x0, y = load_digits("all")
-    data = TrainData(x0, {"class_labels": y})
-    evaluate = recipe_evaluator(args.eval_samples) if args.eval_every else None
+    data = TrainData(*training_set("digits"))
+    evaluate = None
+    if args.eval_every:
+        evaluate = recipe_evaluator(teacher.cond_spec, digit_scores, args.eval_samples)
     return teacher, data, evaluate
 
 

@@ -150,14 +150,6 @@ def group_index(
     return per_sample[ctx.local].to(ctx.device)
 
 
-def _rows(value: Any, rows: torch.Tensor) -> Any:
-    if isinstance(value, torch.Tensor) and value.ndim >= 1:
-        return value[rows]
-    if isinstance(value, dict):
-        return {k: _rows(v, rows) for k, v in value.items()}
-    return value
-
-
 def teacher_step(
     teacher: Any,
     x: torch.Tensor,
@@ -167,13 +159,13 @@ def teacher_step(
     solver: str = "ddim",
     cond: dict[str, Any] | None = None,
     guidance: torch.Tensor | float | None = None,
-    null_label: int = 10,
 ) -> torch.Tensor:
     """One step of a registered diffspeed solver on the teacher's PF-ODE, ``sigma -> sigma_next``.
 
     ``sigma``/``sigma_next`` are per-sample ``[B]``; the solver runs once per distinct pair
     (solvers take one schedule per call). ``guidance`` (a float or ``[B]``) wraps the teacher
-    in classifier-free guidance (null class ``null_label``) — LCM's CFG-augmented ODE.
+    in classifier-free guidance against its spec's unconditional input — LCM's CFG-augmented
+    ODE.
     """
     from diffspeed.core.guidance import guidance as cfg
     from diffspeed.solvers.registry import SOLVERS
@@ -188,8 +180,9 @@ def teacher_step(
         den = teacher
         if guidance is not None:
             w = guidance if not isinstance(guidance, torch.Tensor) else guidance[rows]
-            den = cfg(teacher, w, uncond={"class_labels": null_label})
-        out[rows] = fn(den, x[rows], pair, cond=_rows(cond, rows), generator=None, callback=None)
+            den = cfg(teacher, w)
+        sub = teacher.cond_spec.select(cond, rows)
+        out[rows] = fn(den, x[rows], pair, cond=sub, generator=None, callback=None)
     return out
 
 
@@ -310,7 +303,7 @@ def load_consistency(
 ) -> tuple[ConsistencyDenoiser, Any]:
     """Load a consistency student (shipped name such as ``"cd"`` / ``"lcm"``, or a path):
     ``(ConsistencyDenoiser, Recipe)``. Sample it with :func:`sample_consistency` or
-    ``diffspeed.sample(den, noise, "lcm", steps, "lcm", cond=recipe.cond(labels))``."""
+    ``diffspeed.sample(den, noise, "lcm", steps, "lcm", cond=recipe.cond(cond))``."""
     from diffspeed.distill.students import load_student
 
     den, recipe = load_student(name_or_path, device=device)
@@ -337,7 +330,7 @@ def consistency_info(name_or_path: str | Path) -> dict[str, Any]:
 def sample_consistency(
     student: Any,
     noise: torch.Tensor,
-    labels: torch.Tensor,
+    cond: Any,
     steps: int = 4,
     *,
     guidance: float | None = None,
@@ -348,16 +341,20 @@ def sample_consistency(
     """Few-step samples of a consistency student: ``(denoiser, recipe)``, a name / path for
     :func:`load_consistency`, or a bare :class:`ConsistencyDenoiser` (e.g. from ``load_lora``).
 
-    ``generator`` seeds the re-noising (per-sample seeds make samples batch-independent);
+    ``cond`` is the model's conditioning (a dict, or a bare tensor for a model with one cond
+    key); ``generator`` seeds the re-noising (per-sample seeds make samples batch-independent);
     the ``lcm`` schedule starts at the student's trained ``strength``.
     """
+    from diffspeed.distill.students import as_cond
     from diffspeed.solvers import sample
 
-    if isinstance(student, ConsistencyDenoiser):  # e.g. load_lora(...): labels only
-        den, cond = student, {"class_labels": labels.to(student.device)}
+    if isinstance(student, ConsistencyDenoiser):  # e.g. load_lora(...): no recipe
+        den, recipe = student, None
     else:
         den, recipe = student if isinstance(student, tuple) else load_consistency(student)
-        cond = recipe.cond(labels.to(den.device), guidance)
+    cond = {k: v.to(den.device) for k, v in as_cond(den, cond).items()}
+    if recipe is not None:
+        cond = recipe.cond(cond, guidance)
     opts = {"strength": den.strength} if schedule == "lcm" else None
     return sample(
         den, noise, solver, steps, schedule, cond=cond, generator=generator, schedule_options=opts

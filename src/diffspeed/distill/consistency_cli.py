@@ -43,8 +43,8 @@ def _train_config(args: argparse.Namespace) -> Any:
 def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
 
-    from diffspeed.distill.finetune import training_data
     from diffspeed.distill.trainer import TrainData
+    from diffspeed.models.styles import training_set
     from diffspeed.models.teacher import load_teacher
 
     torch.set_num_threads(args.threads)
@@ -53,24 +53,21 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
             f"{args.out} already holds a run; pass --resume to continue it or choose another --out"
         )
     teacher = load_teacher(args.teacher)
-    x0, y = training_data(args.data)
-    return teacher, TrainData(x0, {"class_labels": y})
+    return teacher, TrainData(*training_set(args.data))
 
 
-def _evaluator(args: argparse.Namespace, guidance: float | None) -> Any:
+def _evaluator(args: argparse.Namespace, guidance: float | None, spec: Any) -> Any:
     if not args.eval_every:
         return None
-    import torch
-
     from diffspeed.distill.consistency import sample_consistency
-    from diffspeed.distill.students import EVAL_SEED
-    from diffspeed.eval.metrics import class_accuracy, fdd
+    from diffspeed.distill.students import EVAL_SEED, sample_shape
+    from diffspeed.models.styles import digit_scores
     from diffspeed.solvers import seeded_noise
 
     n = args.eval_samples
-    labels = torch.arange(n) % 10
+    cond = spec.example_cond(n)
     seeds = [EVAL_SEED * 1_000_003 + i for i in range(n)]
-    noise = seeded_noise(seeds, (1, 8, 8))
+    noise = seeded_noise(seeds, sample_shape(spec))
 
     def evaluate(student: Any, step: int) -> dict[str, float]:
         from diffspeed.distill.students import Recipe
@@ -78,8 +75,8 @@ def _evaluator(args: argparse.Namespace, guidance: float | None) -> Any:
         recipe = Recipe("lcm", (0.0,), guidance or 1.0, guidance is not None and args.w_cond)
         scores = {}
         for k in (1, 4):
-            x = sample_consistency((student, recipe), noise, labels, k, generator=seeds)
-            scores.update({f"fdd{k}": fdd(x), f"accuracy{k}": class_accuracy(x, labels)})
+            x = sample_consistency((student, recipe), noise, cond, k, generator=seeds)
+            scores.update({f"{name}{k}": v for name, v in digit_scores(x, cond).items()})
         return scores
 
     return evaluate
@@ -137,7 +134,7 @@ def _cd(args: argparse.Namespace) -> int:
         data=data,
         recipe=consistency_recipe(student, guidance=cfg.guidance),
         resume=args.resume,
-        evaluate=_evaluator(args, None),
+        evaluate=_evaluator(args, None, teacher.cond_spec),
         progress=not args.no_progress,
     )
     return _done(args, path)
@@ -173,7 +170,7 @@ def _ct(args: argparse.Namespace) -> int:
         data=data,
         recipe=consistency_recipe(student),
         resume=args.resume,
-        evaluate=_evaluator(args, None),
+        evaluate=_evaluator(args, None, teacher.cond_spec),
         progress=not args.no_progress,
         info={"init": "teacher weights"},
     )
@@ -255,7 +252,7 @@ def _lcm(args: argparse.Namespace) -> int:
         data=data,
         recipe=consistency_recipe(student, guidance=args.guidance, w_range=(cfg.w_min, cfg.w_max)),
         resume=args.resume,
-        evaluate=_evaluator(args, args.guidance),
+        evaluate=_evaluator(args, args.guidance, teacher.cond_spec),
         progress=not args.no_progress,
         info={"init": str(args.init)} if args.init else None,
     )
@@ -295,7 +292,7 @@ def _lcm_lora(args: argparse.Namespace) -> int:
         args.out,
         data=data,
         resume=args.resume,
-        evaluate=_evaluator(args, None),
+        evaluate=_evaluator(args, None, teacher.cond_spec),
         progress=not args.no_progress,
     )
     print(f"wrote {out}")
@@ -336,21 +333,22 @@ def _sample(args: argparse.Namespace) -> int:
     from diffspeed.distill.consistency import load_consistency, sample_consistency
     from diffspeed.distill.students import Recipe
     from diffspeed.eval.images import save_grid
+    from diffspeed.models.teacher import load_teacher
     from diffspeed.solvers import seeded_noise
 
     torch.set_num_threads(args.threads)
     y = torch.tensor(parse_labels(args.labels)).repeat_interleave(args.per_label)
     seeds = list(range(args.seed, args.seed + len(y)))
+    teacher = load_teacher(args.teacher)
     if args.lora:
         from diffspeed.distill.lora import load_lora
-        from diffspeed.models.teacher import load_teacher
 
-        student = (load_lora(args.lora, load_teacher(args.teacher)), Recipe("lcm", (0.0,)))
+        student = (load_lora(args.lora, teacher), Recipe("lcm", (0.0,)))
     else:
         student = load_consistency(args.student)
     x = sample_consistency(
         student,
-        seeded_noise(seeds, (1, 8, 8)),
+        seeded_noise(seeds, teacher.cond_spec.sample_shape),
         y,
         args.steps,
         guidance=args.guidance,

@@ -1,77 +1,29 @@
 """A 'second model' for LCM-LoRA: the teacher briefly fine-tuned on a style of the digits.
 
 LCM-LoRA's claim (Luo et al. 2023b) is that an adapter distilled on a base model accelerates
-other fine-tunes of that base without further training. Two styles of the digits:
+other fine-tunes of that base without further training. The styles (italic, thick) live with
+the embedded model in :mod:`diffspeed.models.styles`.
 
-* ``"italic"``: slanted strokes (rows 0-1 shifted one pixel right, rows 6-7 one pixel left).
-  The digits classifier still reads 90.6 % of the real italic digits, so class accuracy stays
-  meaningful, and their FDD to the plain digits is 15.6: a real change of distribution.
-* ``"thick"``: every digit dilated with a 3x3 max filter. The classifier reads only 21 % of
-  these, so a thick model's class accuracy says little.
-
-The fine-tune is plain denoising
-training (eps-MSE, label dropout for guidance) started from the teacher's weights, written in
-the teacher's format so ``load_teacher(path)`` and ``reference_set(teacher_path=path)`` load it.
-Its FDD is measured against the *style's* data (:func:`style_features`), not the original
-digits.
+The fine-tune is plain denoising training (eps-MSE, condition dropout to the model's
+unconditional input, for guidance) started from the teacher's weights, written in the
+teacher's format so ``load_teacher(path)`` and ``reference_set(teacher_path=path)`` load it.
+Its FDD is measured against the *style's* data (``models.styles.style_features``), not the
+original digits.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
+from diffspeed.core.contract import CondSpec
 from diffspeed.errors import ConfigError, unknown_name
-
-#: Styles a fine-tune can be trained on.
-STYLES = ("italic", "thick")
-
-
-def shift_columns(x: torch.Tensor, shift: int) -> torch.Tensor:
-    """``x [..., W]`` moved ``shift`` pixels right (left if negative); background (-1) fills."""
-    if shift == 0:
-        return x
-    pad = (shift, 0) if shift > 0 else (0, -shift)
-    padded = F.pad(x, pad, value=-1.0)
-    return padded[..., :-shift] if shift > 0 else padded[..., -shift:]
-
-
-def style_data(style: str = "italic") -> tuple[torch.Tensor, torch.Tensor]:
-    """All 1797 digits in ``style`` (``[N, 1, 8, 8]`` in [-1, 1]) and their labels."""
-    from diffspeed.models.digits import load_digits
-
-    if style not in STYLES:
-        raise unknown_name("fine-tune style", style, STYLES)
-    x, y = load_digits("all")
-    if style == "thick":
-        return F.max_pool2d(x, 3, stride=1, padding=1), y  # 3x3 max filter: dilated strokes
-    rows = [shift_columns(x[:, :, i], 1 if i < 2 else -1 if i > 5 else 0) for i in range(8)]
-    return torch.stack(rows, dim=2), y  # slanted: top right, bottom left
-
-
-def training_data(spec: str = "digits") -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels for a training command's ``--data``: ``"digits"`` (the real digits),
-    a style name (:data:`STYLES`), or several joined by commas (``"digits,thick"``: both sets
-    concatenated)."""
-    from diffspeed.models.digits import load_digits
-
-    parts = []
-    for name in spec.split(","):
-        if name == "digits":
-            parts.append(load_digits("all"))
-        elif name in STYLES:
-            parts.append(style_data(name))
-        else:
-            raise unknown_name("training data", name, ("digits", *STYLES))
-    x, y = zip(*parts, strict=True)
-    return torch.cat(x), torch.cat(y)
+from diffspeed.models.styles import STYLES
 
 
 def finetune_style(path: str | Path) -> str:
@@ -86,17 +38,22 @@ def finetune_style(path: str | Path) -> str:
     if "finetune" not in cfg:
         raise WeightsError(
             f"{path} is not a style fine-tune (no 'finetune' entry in {cfg_path}); make one with "
-            "`diffspeed consistency finetune`"
+            "`diffspeed distill finetune`"
         )
     return str(cfg["finetune"]["style"])
 
 
-@lru_cache(maxsize=2)
-def style_features(style: str = "italic") -> np.ndarray:
-    """Classifier features of the style's data: the FDD reference of a fine-tuned model."""
-    from diffspeed.eval.metrics import features
-
-    return features(style_data(style)[0])
+def drop_cond(spec: CondSpec, cond: Mapping[str, Any], drop: torch.Tensor) -> dict[str, Any]:
+    """``cond`` with the rows where ``drop [B]`` is true replaced by the spec's unconditional
+    input (label dropout for classifier-free guidance; Ho & Salimans 2022, sec. 3.2)."""
+    uncond = spec.unconditional(len(drop), like=drop)
+    out = dict(cond)
+    for key, u in uncond.items():
+        c = out[key]
+        dim = spec.batch_dim(key)
+        mask = drop.view([-1 if i == dim else 1 for i in range(c.ndim)])
+        out[key] = torch.where(mask, u.to(c.dtype), c)
+    return out
 
 
 @dataclass(frozen=True)
@@ -127,25 +84,24 @@ class FineTune:
 
 
 class DenoisingLoss:
-    """The DDPM loss ``||eps_theta(x_t, t, y) - eps||^2`` (Ho et al. 2020, eq. 14) on a
-    diffusers UNet, with label dropout; per sample, for ``distill.train``."""
+    """The DDPM loss ``||eps_theta(x_t, t, c) - eps||^2`` (Ho et al. 2020, eq. 14) on a
+    diffusers UNet, with condition dropout to ``spec``'s unconditional input; per sample, for
+    ``distill.train``."""
 
-    def __init__(self, config: FineTune, alphas_cumprod: torch.Tensor, null_label: int) -> None:
+    def __init__(self, config: FineTune, alphas_cumprod: torch.Tensor, spec: CondSpec) -> None:
         self.config = config
         self.ac = alphas_cumprod.float()
-        self.null_label = null_label
+        self.spec = spec
 
     def __call__(self, net: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: Any):
         ac = self.ac.to(x0.device)
         t = ctx.randint(0, ac.numel())
         eps = ctx.randn(*x0.shape[1:])
         drop = ctx.rand() < self.config.label_dropout
-        y = torch.where(
-            drop, torch.full_like(cond["class_labels"], self.null_label), cond["class_labels"]
-        )
-        a = ac[t].view(-1, 1, 1, 1)
+        a = ac[t].view(-1, *([1] * (x0.ndim - 1)))
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps  # forward process q(x_t | x0)
-        return (net(xt, t, class_labels=y).sample - eps).pow(2).flatten(1).mean(1)
+        out = net(xt, t, **drop_cond(self.spec, cond, drop)).sample
+        return (out - eps).pow(2).flatten(1).mean(1)
 
 
 def finetune_teacher(
@@ -164,15 +120,16 @@ def finetune_teacher(
     """
     from diffspeed.distill.trainer import TrainConfig, TrainData, train
     from diffspeed.models.io import atomic_write_json, save_weights
-    from diffspeed.models.teacher import NULL_LABEL, load_teacher, teacher_config
+    from diffspeed.models.styles import style_set
+    from diffspeed.models.teacher import load_teacher, teacher_config
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out must be a .safetensors path, got {out}")
     teacher = load_teacher(teacher_path)
     net = copy.deepcopy(teacher.model).requires_grad_(True)
-    x0, y = style_data(config.style)
-    loss = DenoisingLoss(config, teacher.alphas_cumprod, getattr(teacher, "null_label", NULL_LABEL))
+    x0, cond = style_set(config.style)
+    loss = DenoisingLoss(config, teacher.alphas_cumprod, teacher.cond_spec)
     result = train(
         net,
         loss,
@@ -185,7 +142,7 @@ def finetune_teacher(
             seed=config.seed,
         ),
         out.with_suffix(".run"),
-        data=TrainData(x0, {"class_labels": y}),
+        data=TrainData(x0, cond),
         progress=progress,
     )
     from diffspeed.distill.students import STUDENTS_DIR

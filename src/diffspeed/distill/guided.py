@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from diffspeed.core.guidance import guidance
 from diffspeed.distill.progressive import WEIGHTINGS, Progressive, distill_progressive, teacher_grid
 from diffspeed.distill.students import (
     Recipe,
@@ -99,20 +100,18 @@ class GuidanceLoss:
     """Stage 1: ``w(sigma) * ||D_s(x, sigma, y, w) - [D_u + w (D_c - D_u)]||^2`` per sample.
 
     ``t ~ U[0, T-1]`` (continuous), ``sigma = sigma(t)``, ``x = x0 + sigma * eps`` and
-    ``w ~ U(w_range)``; the teacher is the unguided conditional denoiser and
-    ``null_label`` its unconditional class.
+    ``w ~ U(w_range)``; the teacher is the unguided conditional denoiser, guided against its
+    spec's unconditional input.
     """
 
-    def __init__(self, config: Guided, null_label: int) -> None:
+    def __init__(self, config: Guided) -> None:
         self.config = config
-        self.null_label = null_label
         self.weight = WEIGHTINGS[config.stage1_weighting]
 
     def __call__(
         self, student: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: LossContext
     ) -> torch.Tensor:
         lo, hi = self.config.w_range
-        y = cond["class_labels"]
         view = (-1,) + (1,) * (x0.ndim - 1)
         # 1. a timestep, its sigma, the noisy input and a guidance scale per sample
         t = ctx.rand() * (teacher.num_train_timesteps - 1)
@@ -121,14 +120,9 @@ class GuidanceLoss:
         w = lo + (hi - lo) * ctx.rand()
         # 2. the guided teacher: cond and uncond in one batched forward
         with torch.no_grad():
-            null = torch.full_like(y, self.null_label)
-            both = teacher(
-                torch.cat([x, x]), torch.cat([sigma, sigma]), class_labels=torch.cat([y, null])
-            )
-            d_c, d_u = both.chunk(2)
-            target = d_u + w.view(view).to(d_u.dtype) * (d_c - d_u)
+            target = guidance(teacher, w)(x, sigma, **cond)
         # 3. one student forward with w as an input
-        pred = student(x, sigma, class_labels=y, guidance_scale=w)
+        pred = student(x, sigma, **cond, guidance_scale=w)
         err = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
         return self.weight(sigma, sigma).to(err.dtype) * err
 
@@ -149,15 +143,13 @@ def distill_guided(
     """Stage 1 into ``out_dir/stage1``, then progressive rounds; return the last student path.
 
     Args:
-        teacher: the unguided, class-conditional discrete VP teacher denoiser (with a
-            ``null_label``).
+        teacher: the unguided, conditional discrete VP teacher denoiser whose spec names an
+            unconditional input.
         stage1, stage2: loop settings of stage 1 and of the stage-2 rounds (one or per round).
         on_round: called with ``(steps, path)`` after stage 1 (steps = ``teacher_steps``) and
             after each stage-2 round.
     """
-    null_label = getattr(teacher, "null_label", None)
-    if null_label is None:
-        raise ConfigError("guided distillation needs a teacher with a null_label (uncond class)")
+    teacher.cond_spec.uncond_values()  # refuses a teacher without an unconditional input
     out_dir = Path(out_dir)
     digest = module_digest(teacher)
     prog = config.progressive()
@@ -172,7 +164,7 @@ def distill_guided(
         student = make_student(teacher, config.stage1_parameterization, w_conditioned=True)
         res = train(
             student,
-            GuidanceLoss(config, int(null_label)),
+            GuidanceLoss(config),
             stage1,
             path.parent,
             data=data,

@@ -95,18 +95,22 @@ def teacher_dataset(
     batch_size: int = 250,
     progress: bool = False,
 ) -> TrainData:
-    """The ``(noise, label, teacher output)`` dataset, computed once and cached at ``cache``.
+    """The ``(noise, cond, teacher output)`` dataset, computed once and cached at ``cache``.
 
+    The conditions are the teacher spec's example conditions, the noise has its sample shape.
     The cache is refused (and recomputed) when it was made by another config or teacher.
     """
+    from diffspeed.distill.students import sample_shape
     from diffspeed.solvers import sample, seeded_noise
 
-    key = hashlib.sha256(repr((config.to_dict(), module_digest(teacher))).encode()).hexdigest()
+    spec = teacher.cond_spec
+    settings = (config.to_dict(), module_digest(teacher), spec.keys)
+    key = hashlib.sha256(repr(settings).encode()).hexdigest()
 
     def compute() -> dict[str, torch.Tensor]:
         seeds = [config.seed * 1_000_003 + i for i in range(config.num_pairs)]
-        noise = seeded_noise(seeds, (1, 8, 8))
-        labels = torch.arange(config.num_pairs) % 10
+        noise = seeded_noise(seeds, sample_shape(spec))
+        cond = spec.example_cond(config.num_pairs)
         chunks: Any = range(0, config.num_pairs, batch_size)
         if progress:
             from rich.progress import track
@@ -122,13 +126,18 @@ def teacher_dataset(
                     config.teacher_solver,
                     config.teacher_steps,
                     config.teacher_schedule,
-                    cond={"class_labels": labels[sl].to(teacher.device)},
+                    cond={k: v.to(teacher.device) for k, v in spec.select(cond, sl).items()},
                 ).cpu()
             )
-        return {"noise": noise, "labels": labels, "output": torch.cat(outs)}
+        return {
+            "noise": noise,
+            "output": torch.cat(outs),
+            **{f"cond.{k}": v for k, v in cond.items()},
+        }
 
     t = cached_tensors(cache, key[:16], compute)
-    return TrainData(t["output"], {"class_labels": t["labels"]}, {"noise": t["noise"]})
+    cond = {k[len("cond.") :]: v for k, v in t.items() if k.startswith("cond.")}
+    return TrainData(t["output"], cond, {"noise": t["noise"]})
 
 
 def distill_kd(

@@ -134,11 +134,8 @@ class LCMLoss:
         x_hi = x0 + s_hi.view(view).to(x0.dtype) * ctx.randn(*x0.shape[1:])
         w = c.w_min + (c.w_max - c.w_min) * ctx.rand().double()
         # one step of the CFG-augmented teacher ODE to t_n (w = 1: the conditional ODE)
-        null = getattr(teacher, "null_label", 10)
         guided = None if c.w_min == c.w_max == 1.0 else w
-        x_lo = teacher_step(
-            teacher, x_hi, s_hi, s_lo, solver=c.solver, cond=cond, guidance=guided, null_label=null
-        )
+        x_lo = teacher_step(teacher, x_hi, s_hi, s_lo, solver=c.solver, cond=cond, guidance=guided)
         # the student and the EMA target, both conditioned on w
         scond = {**cond, "guidance_scale": w.float()} if c.w_embedding else cond
         target = ctx.emas["target"](x_lo.detach(), s_lo, **scond).detach()
@@ -161,7 +158,7 @@ class LCMLoss:
         top = len(grid) - 1
         rows = ctx.randint(0, len(tr))  # ctx draws land on the batch's device, as grid does
         idx = torch.where(ctx.rand() < c.anchor_top, top, ctx.randint(1, top))
-        acond: dict[str, Any] = {"class_labels": tr.labels[rows]}
+        acond: dict[str, Any] = {k: v[rows] for k, v in tr.cond.items()}
         if c.w_embedding:
             acond["guidance_scale"] = tr.guidance[rows].float()
         out = student(tr.states[rows, idx], grid[idx], **acond)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffspeed.core.contract import innermost
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError
 
 log = logging.getLogger("diffspeed")
@@ -215,7 +216,7 @@ def load_lora(path: str | os.PathLike, base: Any = None, *, scale: float = 1.0) 
         from diffspeed.models.teacher import load_teacher
 
         base = load_teacher()
-    inner = getattr(base, "inner", base)
+    inner = innermost(base)
     if not isinstance(inner, DiscreteVPDenoiser) or inner.model is None:
         raise UnsupportedModelError(
             "load_lora needs a discrete-time VP denoiser around a torch module "
@@ -224,7 +225,7 @@ def load_lora(path: str | os.PathLike, base: Any = None, *, scale: float = 1.0) 
     _, _, info = read_lora(path)
     net = fuse_lora(inner.model, path, scale).requires_grad_(False).eval()
     den = DiscreteVPDenoiser(net, inner.alphas_cumprod, inner.prediction)
-    den.null_label = getattr(inner, "null_label", 10)
+    den.cond_spec = inner.cond_spec
     boundary = Boundary(**info.get("boundary", {}))
     return ConsistencyDenoiser(den, boundary, float(info.get("strength", 1.0)))
 
@@ -247,52 +248,6 @@ def peft_unet(unet: nn.Module) -> nn.Module:
     return out.to(unet.device).eval()
 
 
-def lcm_pipeline(unet: nn.Module | None = None) -> Any:
-    """A diffusers pipeline (LCM scheduler) around the teacher's UNet that loads LoRAs.
-
-    ``pipe.load_lora_weights(adapter_dir)`` is diffusers' own loader
-    (``StableDiffusionLoraLoaderMixin``); ``pipe(class_labels, num_inference_steps,
-    generator, strength)`` samples ``[B, 1, 8, 8]`` images with ``diffusers.LCMScheduler`` on
-    the teacher's betas (``strength``: the adapter's trained top, in ``diffspeed_lora.json``).
-    """
-    from diffusers import DiffusionPipeline, LCMScheduler
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin
-
-    from diffspeed.models.teacher import SCHEDULER_CONFIG, load_teacher
-
-    class LCMDigitsPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
-        """Class-conditional LCM sampling with a LoRA-loadable UNet."""
-
-        _lora_loadable_modules = ["unet"]
-        text_encoder = None  # the mixin's loader also looks for a text encoder
-
-        def __init__(self, unet: nn.Module, scheduler: Any) -> None:
-            super().__init__()
-            self.register_modules(unet=unet, scheduler=scheduler)
-
-        def __call__(
-            self,
-            class_labels: torch.Tensor,
-            num_inference_steps: int = 4,
-            generator: torch.Generator | None = None,
-            strength: float = 1.0,
-        ) -> torch.Tensor:
-            size = self.unet.config.sample_size
-            shape = (len(class_labels), self.unet.config.in_channels, size, size)
-            x = torch.randn(shape, generator=generator).to(self.unet.device, self.unet.dtype)
-            self.scheduler.set_timesteps(num_inference_steps, strength=strength)
-            for t in self.scheduler.timesteps:
-                eps = self.unet(x, t, class_labels=class_labels).sample
-                x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
-            return x
-
-    if unet is None:
-        unet = load_teacher().model
-    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
-    sched = LCMScheduler(**{k: SCHEDULER_CONFIG[k] for k in keys})
-    return LCMDigitsPipeline(peft_unet(unet), sched)
-
-
 def lora_student(
     teacher: Any, config: LoRA = LoRA(), boundary: Any = None, strength: float = 1.0
 ) -> Any:
@@ -300,12 +255,12 @@ def lora_student(
     from diffspeed.core.adapters import DiscreteVPDenoiser
     from diffspeed.distill.consistency import Boundary, ConsistencyDenoiser
 
-    inner = getattr(teacher, "inner", teacher)
+    inner = innermost(teacher)
     if not isinstance(inner, DiscreteVPDenoiser) or inner.model is None:
         raise UnsupportedModelError("LCM-LoRA needs a discrete-time VP teacher around a module")
     net = add_lora(copy.deepcopy(inner.model), config).train()
     den = DiscreteVPDenoiser(net, inner.alphas_cumprod, inner.prediction)
-    den.null_label = getattr(inner, "null_label", 10)
+    den.cond_spec = inner.cond_spec
     return ConsistencyDenoiser(den, boundary or Boundary(), strength)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ import torch
 from torch import nn
 
 from diffspeed.core.adapters import DiscreteVPDenoiser
+from diffspeed.core.contract import UNDECLARED, CondSpec, innermost, network_of
 from diffspeed.distill.wcond import WCondUNet, WEmbedConfig, build_wcond
-from diffspeed.errors import ConfigError, ShapeError, UnsupportedModelError, WeightsError
+from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError
 from diffspeed.models.io import atomic_write_json, load_state_into, load_weights, save_weights
 
 #: Where shipped students live.
@@ -79,25 +81,81 @@ class Recipe:
         )
 
     def cond(
-        self, labels: torch.Tensor, guidance: float | torch.Tensor | None = None
+        self, cond: Mapping[str, Any], guidance: float | torch.Tensor | None = None
     ) -> dict[str, Any]:
-        """The ``cond`` a student needs: labels, plus the guidance scale if w-conditioned."""
-        cond: dict[str, Any] = {"class_labels": labels}
+        """The ``cond`` a student needs: the model's, plus the guidance scale if w-conditioned.
+
+        ``cond`` holds one value per sample (its first tensor's length is the batch).
+        """
+        out = dict(cond)
         if self.w_conditioned:
+            batch = next((len(v) for v in out.values() if isinstance(v, torch.Tensor)), None)
+            if batch is None:
+                raise ConfigError("a w-conditioned student needs a batched cond to size the scale")
             w = self.guidance if guidance is None else guidance
-            cond["guidance_scale"] = torch.as_tensor(w, dtype=torch.float32).expand(len(labels))
+            out["guidance_scale"] = torch.as_tensor(w, dtype=torch.float32).expand(batch)
         elif guidance is not None and float(guidance) != self.guidance:
             raise ConfigError(
                 f"this student bakes in guidance {self.guidance}; it cannot sample at "
                 f"{float(guidance)} (only w-conditioned students take a scale)"
             )
-        return cond
+        return out
+
+
+def as_cond(denoiser: Any, cond: Mapping[str, Any] | torch.Tensor) -> dict[str, Any]:
+    """``cond`` as a dict: a bare tensor is the value of the model's only cond key."""
+    if isinstance(cond, Mapping):
+        return dict(cond)
+    keys = denoiser.cond_spec.keys
+    if not keys or len(keys) != 1:
+        raise ConfigError(
+            f"a bare tensor cond needs a model with exactly one cond key (it has {keys}); "
+            "pass cond as a dict {key: value}"
+        )
+    return {keys[0]: cond}
+
+
+def spec_to_json(spec: CondSpec) -> dict[str, Any] | None:
+    """A JSON form of a conditioning spec (``None`` when undeclared; examples are not kept)."""
+    if spec.keys is None:
+        return None
+    uncond = {
+        k: {"value": torch.as_tensor(v).tolist(), "dtype": str(torch.as_tensor(v).dtype)[6:]}
+        for k, v in (spec.uncond or {}).items()
+    }
+    return {
+        "keys": list(spec.keys),
+        "uncond": uncond,
+        "batch_dims": dict(spec.batch_dims),
+        "sample_shape": list(spec.sample_shape) if spec.sample_shape else None,
+    }
+
+
+def spec_from_json(config: Mapping[str, Any]) -> CondSpec:
+    """The conditioning spec recorded in a student config (older configs: their null class)."""
+    if "cond_spec" not in config:
+        from diffspeed.models.compat import legacy_student_spec
+
+        return legacy_student_spec(dict(config))
+    d = config["cond_spec"]
+    if d is None:
+        return UNDECLARED
+    uncond = {
+        k: torch.tensor(v["value"], dtype=getattr(torch, v["dtype"]))
+        for k, v in d["uncond"].items()
+    }
+    shape = d.get("sample_shape")
+    return CondSpec(
+        keys=tuple(d["keys"]),
+        uncond=uncond,
+        batch_dims={k: int(v) for k, v in d.get("batch_dims", {}).items()},
+        sample_shape=tuple(shape) if shape else None,
+    )
 
 
 def unet_of(denoiser: Any) -> nn.Module:
-    """The network module inside a (possibly guided) denoiser."""
-    inner = getattr(denoiser, "inner", denoiser)
-    net = getattr(inner, "model", None)
+    """The network module inside any stack of wrappers (refused for a plain function)."""
+    net = network_of(denoiser)
     if net is None:
         raise UnsupportedModelError("the teacher denoiser wraps no nn.Module to copy")
     return net
@@ -124,7 +182,7 @@ def make_student(
             f"unknown parameterization {parameterization!r}; choose one of: "
             f"{', '.join(PARAMETERIZATIONS)}"
         )
-    inner = getattr(teacher, "inner", teacher)
+    inner = innermost(teacher)
     if not isinstance(inner, DiscreteVPDenoiser):
         raise UnsupportedModelError(
             "step distillation here needs a discrete-time VP teacher (diffspeed.wrap / "
@@ -135,7 +193,7 @@ def make_student(
         net = WCondUNet(net, w_embed)
     net.requires_grad_(True).train()
     den = DiscreteVPDenoiser(net, inner.alphas_cumprod, PARAMETERIZATIONS[parameterization])
-    den.null_label = getattr(inner, "null_label", None)
+    den.cond_spec = inner.cond_spec
     return den
 
 
@@ -164,12 +222,14 @@ def student_config(student: DiscreteVPDenoiser, recipe: Recipe, **info: Any) -> 
         arch: dict[str, Any] = net.config()
     else:
         arch = {"kind": "unet", "unet": {k: v for k, v in dict(net.config).items() if k[0] != "_"}}
+        if type(net).__name__ != "UNet2DModel":
+            arch["class"] = type(net).__name__
     return {
         "kind": KIND,
         "arch": arch,
         "prediction": student.prediction,
         "alphas_cumprod": student.alphas_cumprod.tolist(),
-        "null_label": getattr(student, "null_label", None),
+        "cond_spec": spec_to_json(student.cond_spec),
         "recipe": recipe.to_dict(),
         "info": info,
     }
@@ -243,9 +303,12 @@ def load_student(
     cfg = read_student_config(path)
     arch = cfg["arch"]
     if arch["kind"] == "unet":
-        from diffusers import UNet2DModel
+        import diffusers
 
-        net: nn.Module = UNet2DModel(**arch["unet"])
+        cls = getattr(diffusers, arch.get("class", "UNet2DModel"), None)
+        if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+            raise WeightsError(f"{path}: {arch.get('class')!r} is not a diffusers model class")
+        net: nn.Module = cls(**arch["unet"])
     else:
         net = build_wcond(arch)
     load_state_into(net, load_weights(path, cfg), str(path))
@@ -253,14 +316,14 @@ def load_student(
     if dtype != torch.float32:  # (diffusers warns on any dtype cast, even a no-op one)
         net.to(dtype=dtype)
     den = DiscreteVPDenoiser(net, torch.tensor(cfg["alphas_cumprod"]), cfg["prediction"])
-    den.null_label = cfg.get("null_label")
+    den.cond_spec = spec_from_json(cfg)
     return den, Recipe.from_dict(cfg["recipe"])
 
 
 def sample_student(
     student: str | Path | tuple[DiscreteVPDenoiser, Recipe],
     noise: torch.Tensor,
-    labels: torch.Tensor,
+    cond: Mapping[str, Any] | torch.Tensor,
     *,
     guidance: float | None = None,
     return_info: bool = False,
@@ -269,20 +332,23 @@ def sample_student(
 
     Args:
         student: a name / path for :func:`load_student`, or its ``(denoiser, recipe)``.
-        noise: ``[B, C, H, W]`` unit Gaussian noise; labels ``[B]``.
+        noise: ``[B, C, H, W]`` unit Gaussian noise.
+        cond: the model's conditioning, one value per sample (a bare tensor for a model with
+            one cond key, e.g. the digits' labels ``[B]``).
         guidance: scale for a w-conditioned student (default: its recipe's).
     """
     from diffspeed.solvers import sample
 
     den, recipe = student if isinstance(student, tuple) else load_student(student)
-    if labels.shape != (noise.shape[0],):
-        raise ShapeError(f"labels must be [B]={noise.shape[0]}, got {tuple(labels.shape)}")
+    cond = as_cond(den, cond)
+    den.cond_spec.check(cond, noise.shape[0])
+    cond = {k: v.to(den.device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
     return sample(
         den,
         noise,
         recipe.solver,
         schedule=torch.tensor(recipe.sigmas, dtype=torch.float64),
-        cond=recipe.cond(labels.to(den.device), guidance),
+        cond=recipe.cond(cond, guidance),
         return_info=return_info,
     )
 
@@ -291,26 +357,39 @@ def sample_student(
 EVAL_SEED = 7
 
 
-def recipe_evaluator(n: int = 200, *, seed: int = EVAL_SEED, guidance: float | None = None) -> Any:
-    """Factory for periodic evaluation: ``recipe -> fn(student, step) -> {fdd, accuracy}``.
+def recipe_evaluator(
+    spec: CondSpec,
+    score: Callable[[torch.Tensor, dict[str, Any]], dict[str, float]],
+    n: int = 200,
+    *,
+    seed: int = EVAL_SEED,
+    guidance: float | None = None,
+) -> Any:
+    """Factory for periodic evaluation: ``recipe -> fn(student, step) -> score(x, cond)``.
 
-    Samples ``n`` class-balanced digits with the recipe from fixed noise seeds
-    ``seed * 1_000_003 + i`` (never the reference set's) and scores them with
-    :func:`diffspeed.eval.metrics.fdd` and ``class_accuracy``.
+    Samples ``n`` of the spec's example conditions with the recipe from fixed noise seeds
+    ``seed * 1_000_003 + i`` (never the reference set's) and scores them with ``score``.
     """
-    from diffspeed.eval.metrics import class_accuracy, fdd
     from diffspeed.solvers import seeded_noise
 
-    labels = torch.arange(n) % 10
-    noise = seeded_noise([seed * 1_000_003 + i for i in range(n)], (1, 8, 8))
+    cond = spec.example_cond(n)
+    noise = seeded_noise([seed * 1_000_003 + i for i in range(n)], sample_shape(spec))
 
     def for_recipe(recipe: Recipe) -> Any:
         def evaluate(student: DiscreteVPDenoiser, step: int) -> dict[str, float]:
-            x = sample_student(
-                (student, recipe), noise.to(student.device), labels, guidance=guidance
-            )
-            return {"fdd": fdd(x), "accuracy": class_accuracy(x, labels)}
+            x = sample_student((student, recipe), noise.to(student.device), cond, guidance=guidance)
+            return score(x, cond)
 
         return evaluate
 
     return for_recipe
+
+
+def sample_shape(spec: CondSpec) -> tuple[int, ...]:
+    """The model's sample shape from its spec (refused when the spec does not say)."""
+    if spec.sample_shape is None:
+        raise ConfigError(
+            "the model's conditioning spec names no sample_shape; build the denoiser with "
+            "CondSpec(sample_shape=(C, H, W))"
+        )
+    return tuple(spec.sample_shape)

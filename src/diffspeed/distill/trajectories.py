@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from diffspeed.core.contract import network_of
 from diffspeed.errors import ConfigError
 
 log = logging.getLogger("diffspeed")
@@ -37,14 +38,15 @@ class Trajectories:
         states: ``[N, G, *shape]``: trajectory ``i`` at ``sigmas[j]`` (``j = G - 1`` is the
             start: the scaled noise the one-step sampler sees).
         endpoints: ``[N, *shape]``: where each trajectory ends (sigma 0).
-        labels: ``[N]`` class labels.
+        cond: the teacher's conditioning of each trajectory (the spec's example conditions,
+            ``[N, ...]``).
         guidance: ``[N]`` the guidance scale of each trajectory (float64).
     """
 
     sigmas: torch.Tensor
     states: torch.Tensor
     endpoints: torch.Tensor
-    labels: torch.Tensor
+    cond: dict[str, torch.Tensor]
     guidance: torch.Tensor
 
     def __len__(self) -> int:
@@ -52,7 +54,14 @@ class Trajectories:
 
     def to(self, device: str | torch.device) -> Trajectories:
         """The same trajectories on ``device``."""
-        return Trajectories(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        cond = {k: v.to(device) for k, v in self.cond.items()}
+        return Trajectories(
+            self.sigmas.to(device),
+            self.states.to(device),
+            self.endpoints.to(device),
+            cond,
+            self.guidance.to(device),
+        )
 
 
 def _refined(grid: torch.Tensor, substeps: int) -> torch.Tensor:
@@ -73,7 +82,6 @@ def teacher_trajectories(
     w_range: tuple[float, float],
     seed: int = 1,
     substeps: int = 2,
-    shape: tuple[int, ...] = (1, 8, 8),
     batch_size: int = 250,
     cache: str | Path | None = None,
     progress: bool = False,
@@ -81,19 +89,19 @@ def teacher_trajectories(
     """Sample ``num`` guided teacher trajectories through ``grid``; cached at ``cache``.
 
     Args:
-        teacher: the unguided conditional teacher denoiser (null class from ``null_label``).
+        teacher: the unguided conditional teacher denoiser; its conditioning spec gives the
+            sample shape, the conditions (its example conditions) and the unconditional input.
         grid: increasing sigmas (e.g. ``timestep_grid(student, k, strength)``).
         num: how many trajectories; noise seeds are ``seed * 1_000_003 + i`` (seed 1: disjoint
-            from the reference set's seeds 0..999), labels ``i % 10``.
+            from the reference set's seeds 0..999).
         w_range: the guidance scale of trajectory ``i`` is drawn uniformly from it.
         substeps: DPM-Solver++(2M) steps per grid interval (2: within 0.007 RMS of the
             teacher's Heun-100 samples on the embedded model).
-        shape: one sample's shape (the embedded model's ``(1, 8, 8)`` by default).
         cache: a safetensors file; reused when it was made with the same settings and teacher
             (a torch module, fingerprinted by its weights), recomputed otherwise.
     """
     from diffspeed.core.guidance import guidance as cfg
-    from diffspeed.distill.students import module_digest
+    from diffspeed.distill.students import module_digest, sample_shape
     from diffspeed.models.io import cached_tensors
     from diffspeed.solvers import sample, seeded_noise
 
@@ -102,9 +110,11 @@ def teacher_trajectories(
             f"trajectories need num >= 1, substeps >= 1 and 0 <= w_min <= w_max, got "
             f"{num}, {substeps}, {w_range}"
         )
+    spec = teacher.cond_spec
+    shape = sample_shape(spec)
     grid = torch.as_tensor(grid, dtype=torch.float64).cpu()
-    settings = (grid.tolist(), num, tuple(w_range), seed, substeps, tuple(shape))
-    base = getattr(teacher, "model", teacher)
+    settings = (grid.tolist(), num, tuple(w_range), seed, substeps, shape, spec.keys)
+    base = network_of(teacher)
     # a teacher that is not a torch module cannot be fingerprinted: its cache is never reused
     digest = module_digest(base) if isinstance(base, torch.nn.Module) else None
     key = hashlib.sha256(repr((settings, digest)).encode()).hexdigest()[:16]
@@ -112,7 +122,7 @@ def teacher_trajectories(
     def compute() -> dict[str, torch.Tensor]:
         seeds = [seed * 1_000_003 + i for i in range(num)]
         noise = seeded_noise(seeds, tuple(shape))
-        labels = torch.arange(num) % 10
+        cond = spec.example_cond(num)
         lo, hi = w_range
         u = torch.rand(num, generator=torch.Generator().manual_seed(seed)).double()
         w = lo + (hi - lo) * u
@@ -120,7 +130,6 @@ def teacher_trajectories(
         n_grid = len(grid)
         states = torch.empty(num, n_grid, *noise.shape[1:])
         endpoints = torch.empty_like(noise)
-        null = getattr(teacher, "null_label", 10)
         chunks: Any = range(0, num, batch_size)
         if progress:
             from rich.progress import track
@@ -128,7 +137,7 @@ def teacher_trajectories(
             chunks = track(chunks, description="teacher trajectories")
         for start in chunks:
             rows = slice(start, start + batch_size)
-            den = cfg(teacher, w[rows].to(teacher.device), uncond={"class_labels": null})
+            den = cfg(teacher, w[rows].to(teacher.device))
             part = states[rows]
             part[:, n_grid - 1] = noise[rows] * teacher.noise_scale(float(grid[-1]))
 
@@ -142,10 +151,12 @@ def teacher_trajectories(
                 noise[rows].to(teacher.device),
                 "dpmpp_2m",
                 schedule=sigmas,
-                cond={"class_labels": labels[rows].to(teacher.device)},
+                cond={k: v.to(teacher.device) for k, v in spec.select(cond, rows).items()},
                 callback=keep,
             ).cpu()
-        return {"states": states, "endpoints": endpoints, "labels": labels, "guidance": w}
+        out = {"states": states, "endpoints": endpoints, "guidance": w}
+        return {**out, **{f"cond.{k}": v for k, v in cond.items()}}
 
     t = cached_tensors(cache, key if digest is not None else None, compute)
-    return Trajectories(grid, t["states"], t["endpoints"], t["labels"], t["guidance"])
+    cond = {k[len("cond.") :]: v for k, v in t.items() if k.startswith("cond.")}
+    return Trajectories(grid, t["states"], t["endpoints"], cond, t["guidance"])
