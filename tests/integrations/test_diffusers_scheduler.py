@@ -26,14 +26,18 @@ def unet():
     [("dpmpp_2m", {}, 6), ("heun", {}, 3), ("euler_ancestral", {}, 4)],
 )
 def test_pipeline_matches_functional_sampler(unet, solver, opts, steps):
-    sched = Scheduler(solver=solver, schedule="karras", solver_options=opts, seed=3)
-    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    sched = Scheduler.from_config(
+        diffusers.DDPMScheduler().config, solver=solver, schedule="karras", solver_options=opts,
+        seed=3,
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 1, 8, 8, generator=g)  # as the pipeline draws it; SDE noise follows
     pipe2 = diffusers.DDPMPipeline(unet=unet, scheduler=sched)
     pipe2.set_progress_bar_config(disable=True)
     got = pipe2(batch_size=2, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
                 output_type="np").images  # fmt: skip
     den = diffspeed.from_diffusers(unet, diffusers.DDPMScheduler())
-    x, info = diffspeed.sample(den, noise, solver, steps, "karras", generator=[3, 4],
+    x, info = diffspeed.sample(den, noise, solver, steps, "karras", generator=g,
                                return_info=True, **opts)  # fmt: skip
     ref = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     assert len(sched.timesteps) == info["nfe"]
@@ -41,7 +45,10 @@ def test_pipeline_matches_functional_sampler(unet, solver, opts, steps):
 
 
 def test_config_round_trip(tmp_path):
-    sched = Scheduler(solver="unipc", schedule="exponential", steps=7, solver_options={"order": 2})
+    sched = Scheduler.from_config(
+        diffusers.DDPMScheduler().config, solver="unipc", schedule="exponential", steps=7,
+        solver_options={"order": 2},
+    )  # fmt: skip
     sched.save_config(tmp_path)
     back = Scheduler.from_config(Scheduler.load_config(tmp_path))
     public = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
@@ -54,4 +61,4 @@ def test_config_round_trip(tmp_path):
 
 def test_rejects_adaptive():
     with pytest.raises(ConfigError, match="adaptive"):
-        Scheduler(solver="adaptive")
+        Scheduler.from_config(diffusers.DDPMScheduler().config, solver="adaptive")

@@ -44,7 +44,7 @@ def _dpmpp_step(den, x, s, lam_s, h, d_s, order, cond):
     return x_lo, x_hi, 2
 
 
-@register_solver("adaptive", "dpm_solver_adaptive", order=2)
+@register_solver("adaptive", "dpm_solver_adaptive", order=2, stepwise=False)
 def adaptive(
     denoiser: Any,
     x: torch.Tensor,

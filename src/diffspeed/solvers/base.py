@@ -1,20 +1,72 @@
-"""Helpers shared by the solvers: step reporting, log-SNR, orders, quadrature, thresholding.
+"""Helpers shared by the solvers: the stepwise form and its driver, step reporting, log-SNR,
+orders, quadrature, thresholding.
 
 Everything is in the VE convention ``x = x0 + sigma * n`` with ``lambda = -log(sigma)`` (the
 half log-SNR of DPM-Solver; for a VP model ``lambda = log(alpha_t / sigma_t)``). Written this
 way, every VP exponential-integrator formula becomes the VP one with ``alpha_t = 1``.
+
+**The stepwise form.** A solver is written once, as a generator that asks for one network
+evaluation at a time::
+
+    x, d = yield x, sigma      # "denoise x at sigma"; receive the point used and D(x, sigma)
+
+It never sees the network, the conditioning or eps/v. Two drivers run it: :func:`drive`
+(``diffspeed.sample``: calls the denoiser and sends back the same ``x``) and the diffusers
+``Scheduler`` (``step(model_output, t, sample)``: sends back the pipeline's ``sample``, which an
+img2img start, an inpainting blend or a callback may have changed). Multistep history lives in
+the generator's local variables, so it survives between ``step`` calls at O(1) work per step.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from diffspeed.errors import ConfigError
+
+#: A stepwise solver: yields ``(x, sigma)`` to be denoised, receives ``(x, D(x, sigma))``,
+#: returns the final sample.
+Steps = Generator[tuple[torch.Tensor, Any], tuple[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def drive(steps: Callable[..., Steps]) -> Callable[..., torch.Tensor]:
+    """The functional form of a stepwise solver: ``fn(denoiser, x, sigmas, *, cond, generator,
+    callback, **options) -> x``, calling ``denoiser`` at every point the solver asks for.
+
+    A solver that declares a ``sigma_min`` keyword gets the denoiser's smallest noise level.
+    """
+    wants_sigma_min = "sigma_min" in inspect.signature(steps).parameters
+
+    @functools.wraps(steps)
+    def solve(
+        denoiser: Any,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        cond: dict | None = None,
+        generator: Any = None,
+        callback: Callable | None = None,
+        **options: Any,
+    ) -> torch.Tensor:
+        cond = cond or {}
+        if wants_sigma_min:
+            options["sigma_min"] = float(denoiser.sigma_min)
+        run = steps(x, sigmas, generator=generator, callback=callback, **options)
+        try:
+            point, sigma = next(run)
+            while True:
+                d = denoiser(point, sigma_batch(sigma, point), **cond)
+                point, sigma = run.send((point, d))
+        except StopIteration as done:
+            return done.value
+
+    return solve
 
 
 def report(callback: Callable | None, i: int, x, denoised, sigma, sigma_next) -> None:
@@ -88,25 +140,25 @@ def exp_adams_weights(
     return w
 
 
-def thresholded(denoiser: Any, ratio: float, max_value: float = 1.0) -> Any:
-    """Dynamic thresholding of the data prediction (Saharia et al. 2022, Imagen sec. 2.3).
-
-    Per sample, ``s = clamp(quantile(|x0|, ratio), 1, max_value)`` and ``x0 <- clamp(x0, -s, s)
-    / s``. Returns ``denoiser`` itself when ``ratio`` is 0 (off).
-    """
-    if not ratio:
-        return denoiser
-    if not 0 < ratio < 1 or max_value < 1:
+def check_threshold(ratio: float, max_value: float = 1.0) -> float:
+    """Validate a dynamic-thresholding ratio (0 = off)."""
+    if ratio and (not 0 < ratio < 1 or max_value < 1):
         raise ConfigError(
             f"dynamic thresholding needs 0 < ratio < 1 and max_value >= 1, got {ratio}, "
             f"{max_value} (Imagen uses ratio 0.995)"
         )
+    return ratio
 
-    def den(x: torch.Tensor, sigma: torch.Tensor, **cond: Any) -> torch.Tensor:
-        d = denoiser(x, sigma, **cond)
-        flat = d.reshape(d.shape[0], -1)
-        s = torch.quantile(flat.abs().float(), ratio, dim=1).to(d.dtype).clamp(1, max_value)
-        s = s.view(-1, *([1] * (d.ndim - 1)))
-        return torch.clamp(d, -s, s) / s
 
-    return den
+def threshold(d: torch.Tensor, ratio: float, max_value: float = 1.0) -> torch.Tensor:
+    """Dynamic thresholding of the data prediction (Saharia et al. 2022, Imagen sec. 2.3).
+
+    Per sample, ``s = clamp(quantile(|x0|, ratio), 1, max_value)`` and ``x0 <- clamp(x0, -s, s)
+    / s``. Returns ``d`` itself when ``ratio`` is 0 (off).
+    """
+    if not ratio:
+        return d
+    flat = d.reshape(d.shape[0], -1)
+    s = torch.quantile(flat.abs().float(), ratio, dim=1).to(d.dtype).clamp(1, max_value)
+    s = s.view(-1, *([1] * (d.ndim - 1)))
+    return torch.clamp(d, -s, s) / s

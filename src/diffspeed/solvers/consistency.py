@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from diffspeed.errors import ConfigError
+from diffspeed.solvers.base import Steps, report
 from diffspeed.solvers.noise import as_noise_sampler
-from diffspeed.solvers.ode import report, sigma_batch
 from diffspeed.solvers.registry import register_schedule, register_solver
 from diffspeed.solvers.schedules import _append_zero, _discrete
 
@@ -28,18 +28,16 @@ def _noise_source(generator: Any, x: torch.Tensor) -> Callable[[torch.Tensor], t
 
 
 def _renoise_loop(
-    denoiser: Any,
     x: torch.Tensor,
     sigmas: torch.Tensor,
-    cond: dict,
     generator: Any,
     callback: Callable | None,
     noise_level: Callable[[torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
+) -> Steps:
     noise = _noise_source(generator, x)
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
-        d = denoiser(x, sigma_batch(s, x), **cond)  # jump to the trajectory's end
+        x, d = yield x, s  # jump to the trajectory's end
         # re-noise the estimate to the next level (the last step returns the estimate itself)
         x = d if s_next == 0 else d + noise_level(s_next).to(d.dtype) * noise(d)
         report(callback, i, x, d, s, s_next)
@@ -48,38 +46,35 @@ def _renoise_loop(
 
 @register_solver("consistency", "multistep_consistency", order=1, stochastic=True)
 def consistency(
-    denoiser: Any,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    cond: dict | None = None,
     generator: Any = None,
     callback: Callable | None = None,
-) -> torch.Tensor:
+    sigma_min: float,
+) -> Steps:
     """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
 
     ``x0 = f(x, sigma_0)``; then for each next level ``sigma_i``:
     ``x = x0 + sqrt(sigma_i^2 - sigma_min^2) z`` and ``x0 = f(x, sigma_i)``.
-    One evaluation per step; one step is single-step generation.
+    One evaluation per step; one step is single-step generation. ``sigma_min`` is the model's
+    (the drivers fill it in).
     """
-    smin = float(denoiser.sigma_min)
 
     def level(s: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt((s**2 - smin**2).clamp_min(0))
+        return torch.sqrt((s**2 - sigma_min**2).clamp_min(0))
 
-    return _renoise_loop(denoiser, x, sigmas, cond or {}, generator, callback, level)
+    return (yield from _renoise_loop(x, sigmas, generator, callback, level))
 
 
 @register_solver("lcm", order=1, stochastic=True)
 def lcm(
-    denoiser: Any,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    cond: dict | None = None,
     generator: Any = None,
     callback: Callable | None = None,
-) -> torch.Tensor:
+) -> Steps:
     """The LCM scheduler's sampling (Luo et al. 2023, Algorithm 3; diffusers ``LCMScheduler``).
 
     For each step: ``x0 = f(x, sigma_i)``; unless last, ``x_prev = sqrt(abar_prev) x0 +
@@ -90,7 +85,7 @@ def lcm(
     def level(s: torch.Tensor) -> torch.Tensor:
         return s
 
-    return _renoise_loop(denoiser, x, sigmas, cond or {}, generator, callback, level)
+    return (yield from _renoise_loop(x, sigmas, generator, callback, level))
 
 
 @register_schedule("lcm")

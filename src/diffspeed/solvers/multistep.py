@@ -2,7 +2,8 @@
 
 DPM-Solver++ 2M/3M (Lu et al. 2022b), UniPC (Zhao et al. 2023), DEIS tAB (Zhang & Chen 2023),
 PLMS/PNDM (Liu et al. 2022) and iPNDM (Zhang & Chen 2023, App. E). All in the VE convention
-with ``lambda = -log(sigma)``; the history lives in local lists.
+with ``lambda = -log(sigma)``; the history lives in local lists. Each is a generator in the
+stepwise form of :mod:`diffspeed.solvers.base`.
 """
 
 from __future__ import annotations
@@ -16,30 +17,29 @@ import torch
 
 from diffspeed.errors import ConfigError
 from diffspeed.solvers.base import (
+    Steps,
     check_order,
+    check_threshold,
     f64,
     lam,
     multistep_order,
     report,
-    sigma_batch,
-    thresholded,
+    threshold,
 )
 from diffspeed.solvers.registry import register_solver
 
 
 def _dpmpp_multistep(
-    denoiser: Any,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    cond: dict | None = None,
     generator: Any = None,
     callback: Callable | None = None,
     order: int = 2,
     lower_order_final: bool = True,
     dynamic_threshold: float = 0.0,
     strict_order: bool = False,
-) -> torch.Tensor:
+) -> Steps:
     """DPM-Solver++ multistep with data prediction (Lu et al. 2022b, Alg. 2; 3M from eq. 17).
 
     ``x_t = (sigma_t/sigma_s) x_s + (1 - e^{-h}) D0 + ...`` with divided differences of past
@@ -52,11 +52,12 @@ def _dpmpp_multistep(
     ``strict_order=True`` uses ``2 phi_3`` (true 3rd order); the default keeps diffusers parity.
     """
     check_order("dpmpp multistep", order, (1, 2, 3))
-    den, cond, n = thresholded(denoiser, dynamic_threshold), cond or {}, len(sigmas) - 1
+    ratio, n = check_threshold(dynamic_threshold), len(sigmas) - 1
     hist: list[tuple[float, torch.Tensor]] = []  # (lambda_i, D_i), newest last
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = den(x, sigma_batch(s, x), **cond)
+        x, d = yield x, s
+        d = threshold(d, ratio)
         hist = (hist + [(lam(s), d)])[-order:]
         o = multistep_order(i, n, order, lower_order_final, s_next == 0)
         if s_next == 0:
@@ -82,14 +83,13 @@ def _dpmpp_multistep(
 
 
 def _dpmpp_variant(order: int, doc: str) -> Callable:
-    def solver(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
-               lower_order_final: bool = True, dynamic_threshold: float = 0.0,
-               strict_order: bool = False):  # fmt: skip
-        return _dpmpp_multistep(
-            denoiser, x, sigmas, cond=cond, generator=generator, callback=callback, order=order,
+    def solver(x, sigmas, *, generator=None, callback=None, lower_order_final: bool = True,
+               dynamic_threshold: float = 0.0, strict_order: bool = False) -> Steps:  # fmt: skip
+        return (yield from _dpmpp_multistep(
+            x, sigmas, generator=generator, callback=callback, order=order,
             lower_order_final=lower_order_final, dynamic_threshold=dynamic_threshold,
             strict_order=strict_order,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     solver.__doc__ = doc
     return solver
@@ -120,11 +120,9 @@ def _unipc_coeffs(rks: list[float], h: float, order: int, variant: str) -> tuple
 
 @register_solver("unipc", "unipc_bh2", order=4)
 def unipc(
-    denoiser: Any,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    cond: dict | None = None,
     generator: Any = None,
     callback: Callable | None = None,
     order: int = 3,
@@ -132,7 +130,7 @@ def unipc(
     corrector: bool = True,
     lower_order_final: bool = True,
     dynamic_threshold: float = 0.0,
-) -> torch.Tensor:
+) -> Steps:
     """UniPC: unified predictor (UniP-p) and corrector (UniC) with data prediction.
 
     Zhao et al. 2023, Algorithms 2-3 with the B(h) choices ``bh1`` (``B(h) = h``) and ``bh2``
@@ -142,12 +140,13 @@ def unipc(
     if variant not in ("bh1", "bh2"):
         raise ConfigError(f"unipc variant must be 'bh1' or 'bh2', got {variant!r}")
     check_order("unipc", order, range(1, 9))
-    den, cond, n = thresholded(denoiser, dynamic_threshold), cond or {}, len(sigmas) - 1
+    ratio, n = check_threshold(dynamic_threshold), len(sigmas) - 1
     hist: list[tuple[float, torch.Tensor]] = []  # (lambda_i, D_i) newest last
     prev = None  # (x_s, sigma_s, order used) of the last predictor step, for the corrector
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = den(x, sigma_batch(s, x), **cond)
+        x, d = yield x, s
+        d = threshold(d, ratio)
         # UniC: correct the point just predicted using the fresh model output (no extra NFE)
         if corrector and prev is not None:
             x = _uni_update(prev[0], prev[1], s, hist, prev[2], variant, d_new=d)
@@ -187,15 +186,14 @@ def _uni_update(x, s, t, hist, o, variant, d_new=None):
 
 
 @register_solver("unipc_bh1", order=4)
-def unipc_bh1(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, order: int = 3,
+def unipc_bh1(x, sigmas, *, generator=None, callback=None, order: int = 3,
               corrector: bool = True, lower_order_final: bool = True,
-              dynamic_threshold: float = 0.0):  # fmt: skip
+              dynamic_threshold: float = 0.0) -> Steps:  # fmt: skip
     """UniPC with ``B(h) = h`` (bh1; Zhao et al. 2023), better for unconditional sampling."""
-    return unipc(
-        denoiser, x, sigmas, cond=cond, callback=callback, order=order, variant="bh1",
-        corrector=corrector, lower_order_final=lower_order_final,
-        dynamic_threshold=dynamic_threshold,
-    )  # fmt: skip
+    return (yield from unipc(
+        x, sigmas, callback=callback, order=order, variant="bh1", corrector=corrector,
+        lower_order_final=lower_order_final, dynamic_threshold=dynamic_threshold,
+    ))  # fmt: skip
 
 
 def _eps(x: torch.Tensor, d: torch.Tensor, s: float) -> torch.Tensor:
@@ -204,16 +202,14 @@ def _eps(x: torch.Tensor, d: torch.Tensor, s: float) -> torch.Tensor:
 
 @register_solver("deis", "deis_tab", order=3)
 def deis(
-    denoiser: Any,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    cond: dict | None = None,
     generator: Any = None,
     callback: Callable | None = None,
     order: int = 3,
     lower_order_final: bool = True,
-) -> torch.Tensor:
+) -> Steps:
     """DEIS tAB (Zhang & Chen 2023, eq. 15): Adams-Bashforth on eps, exact in sigma.
 
     The noise prediction is interpolated by a Lagrange polynomial in ``log sigma`` through the
@@ -221,11 +217,11 @@ def deis(
     computed by Gauss-Legendre quadrature in float64.
     """
     check_order("deis", order, (1, 2, 3, 4))
-    cond, n = cond or {}, len(sigmas) - 1
+    n = len(sigmas) - 1
     hist: list[tuple[float, torch.Tensor]] = []  # (log sigma_i, eps_i)
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = denoiser(x, sigma_batch(s, x), **cond)
+        x, d = yield x, s
         hist = (hist + [(math.log(s), _eps(x, d, s))])[-order:]
         o = multistep_order(i, n, order, lower_order_final, s_next == 0)
         if s_next == 0:
@@ -270,14 +266,12 @@ def _ab(eps: list[torch.Tensor]) -> torch.Tensor:
 
 @register_solver("plms", "pndm", order=2, extra_evals=1)
 def plms(
-    denoiser: Any,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    cond: dict | None = None,
     generator: Any = None,
     callback: Callable | None = None,
-) -> torch.Tensor:
+) -> Steps:
     """PLMS / PNDM with pseudo linear multistep steps (Liu et al. 2022, eq. 12; diffusers'
     ``PNDMScheduler(skip_prk_steps=True)``).
 
@@ -285,16 +279,16 @@ def plms(
     then 4th-order Adams-Bashforth on eps with the DDIM transfer ``x' = x + (sigma' - sigma)
     eps``. Equal-step coefficients: order 4 on steps uniform in sigma.
     """
-    cond, n = cond or {}, len(sigmas) - 1
+    n = len(sigmas) - 1
     eps: list[torch.Tensor] = []
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = denoiser(x, sigma_batch(s, x), **cond)
+        x, d = yield x, s
         e = _eps(x, d, s)
         if i == 0 and s_next > 0:
             # pseudo improved Euler: predict with e, re-evaluate, average
-            x_pred = x + f64(s_next - s, x) * e
-            e2 = _eps(x_pred, denoiser(x_pred, sigma_batch(s_next, x), **cond), s_next)
+            x_pred, d2 = yield x + f64(s_next - s, x) * e, s_next
+            e2 = _eps(x_pred, d2, s_next)
             eps = [e]
             x = x + f64(s_next - s, x) * (e + e2) / 2
         else:
@@ -306,24 +300,22 @@ def plms(
 
 @register_solver("ipndm", order=2)
 def ipndm(
-    denoiser: Any,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    cond: dict | None = None,
     generator: Any = None,
     callback: Callable | None = None,
     order: int = 4,
-) -> torch.Tensor:
+) -> Steps:
     """Improved PNDM (Zhang & Chen 2023, App. E): Adams-Bashforth on eps with a lower-order
     multistep warm-up instead of PNDM's extra evaluations (NFE = steps).
     """
     check_order("ipndm", order, (1, 2, 3, 4))
-    cond, n = cond or {}, len(sigmas) - 1
+    n = len(sigmas) - 1
     eps: list[torch.Tensor] = []
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = denoiser(x, sigma_batch(s, x), **cond)
+        x, d = yield x, s
         eps = (eps + [_eps(x, d, s)])[-order:]
         x = x + f64(s_next - s, x) * _ab(eps)
         report(callback, i, x, d, sigmas[i], sigmas[i + 1])

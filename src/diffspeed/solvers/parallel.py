@@ -28,7 +28,7 @@ def _tile(value: Any, times: int) -> Any:
     return value
 
 
-@register_solver("paradigms", "picard", order=1)
+@register_solver("paradigms", "picard", order=1, stepwise=False)
 def paradigms(
     denoiser: Any,
     x: torch.Tensor,

@@ -14,6 +14,10 @@ class SolverSpec:
 
     Attributes:
         fn: ``fn(denoiser, x, sigmas, *, cond, generator, callback, **options) -> x``.
+        steps: the stepwise algorithm ``steps(x, sigmas, *, generator, callback, **options)``,
+            a generator asking for one evaluation at a time (see
+            :mod:`diffspeed.solvers.base`); ``None`` for a solver whose evaluation points
+            depend on the sample (adaptive) or that batches several steps per call (parallel).
         order: its convergence order on the probability-flow ODE (0 for SDE / stochastic).
         stochastic: whether it injects noise (needs a generator for reproducibility).
         evals_per_step: network evaluations per step (for NFE <-> steps conversion).
@@ -28,6 +32,7 @@ class SolverSpec:
     evals_per_step: int = 1
     saves_last_eval: bool = False
     extra_evals: int = 0
+    steps: Callable | None = None
 
     def nfe(self, steps: int) -> int:
         """Network evaluations of a run of ``steps`` steps ending at sigma 0."""
@@ -51,11 +56,21 @@ def register_solver(
     evals_per_step: int = 1,
     saves_last_eval: bool = False,
     extra_evals: int = 0,
+    stepwise: bool = True,
 ) -> Callable[[Callable], Callable]:
-    """Decorator: register a solver function under ``name`` with its description."""
+    """Decorator: register a solver under ``name`` with its description.
+
+    With ``stepwise`` (the default) the decorated function is the generator form (see
+    :mod:`diffspeed.solvers.base`) and ``SOLVERS[name].fn`` is its functional form; otherwise
+    it is a plain ``fn(denoiser, x, sigmas, ...)``. The function is returned unchanged.
+    """
+    from diffspeed.solvers.base import drive
 
     def deco(fn: Callable) -> Callable:
-        spec = SolverSpec(fn, order, stochastic, evals_per_step, saves_last_eval, extra_evals)
+        steps, solve = (fn, drive(fn)) if stepwise else (None, fn)
+        spec = SolverSpec(
+            solve, order, stochastic, evals_per_step, saves_last_eval, extra_evals, steps
+        )
         SOLVERS.register(name, *aliases)(spec)
         return fn
 

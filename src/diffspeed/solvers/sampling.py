@@ -63,7 +63,8 @@ def sample(
         solver: a name from ``diffspeed.solvers.available()``.
         steps: number of solver steps (ignored when ``schedule`` is explicit sigmas / JSON).
         schedule: a schedule name, a JSON file from ``diffspeed tune-schedule``, or sigmas.
-        cond: conditioning passed to every evaluation (e.g. ``{"class_labels": y}``).
+        cond: conditioning passed to every evaluation, with the keys of the denoiser's
+            ``cond_spec`` (e.g. a class label or text embeddings per sample).
         generator: randomness for stochastic solvers: a ``torch.Generator``, per-sample seeds
             or a :class:`~diffspeed.solvers.noise.NoiseSampler`.
         callback: called after each step with ``{"i", "x", "denoised", "sigma", "sigma_next"}``.
@@ -84,7 +85,7 @@ def sample(
             f"noise must be a floating-point tensor [B, ...], got {type(noise).__name__} "
             f"{tuple(getattr(noise, 'shape', ()))}"
         )
-    allowed = _solver_options(spec.fn) - {"cond", "generator", "callback", "info"}
+    allowed = _solver_options(spec.fn) - {"cond", "generator", "callback", "info", "sigma_min"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError(

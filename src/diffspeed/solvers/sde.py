@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from diffspeed.errors import ConfigError
-from diffspeed.solvers.base import check_order, exp_adams_weights, f64, lam, report, sigma_batch
+from diffspeed.solvers.base import Steps, check_order, exp_adams_weights, f64, lam, report
 from diffspeed.solvers.noise import as_noise_sampler
 from diffspeed.solvers.registry import register_solver
 
@@ -34,24 +34,22 @@ def _check_eta(eta: float) -> float:
 
 @register_solver("euler_ancestral", "euler_a", order=1, stochastic=True)
 def euler_ancestral(
-    denoiser: Any,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    cond: dict | None = None,
     generator: Any = None,
     callback: Callable | None = None,
     eta: float = 1.0,
-) -> torch.Tensor:
+) -> Steps:
     """Euler-ancestral (k-diffusion; DDPM ancestral sampling for ``eta = 1``, Ho et al. 2020).
 
     Step deterministically to ``sigma_down`` then add fresh noise of std ``sigma_up`` with
     ``sigma_down^2 + sigma_up^2 = sigma_next^2``.
     """
-    eta, cond, noise = _check_eta(eta), cond or {}, _noise(generator, x)
+    eta, noise = _check_eta(eta), _noise(generator, x)
     for i in range(len(sigmas) - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = denoiser(x, sigma_batch(s, x), **cond)
+        x, d = yield x, s
         up = min(s_next, eta * math.sqrt(max(0.0, s_next**2 * (s**2 - s_next**2) / s**2)))
         down = math.sqrt(s_next**2 - up**2)
         x = d + f64(down / s, x) * (x - d)  # DDIM step to sigma_down
@@ -61,13 +59,13 @@ def euler_ancestral(
     return x
 
 
-def _dpmpp_sde(denoiser, x, sigmas, cond, generator, callback, eta, order):
+def _dpmpp_sde(x, sigmas, generator, callback, eta, order) -> Steps:
     """DPM-Solver++(2M/3M)-SDE (Lu et al. 2022b sec. 5; k-diffusion's ``dpmpp_*m_sde``)."""
-    eta, cond, noise = _check_eta(eta), cond or {}, _noise(generator, x)
+    eta, noise = _check_eta(eta), _noise(generator, x)
     hist: list[tuple[float, torch.Tensor]] = []  # (h of the step that ended there, D)
     for i in range(len(sigmas) - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = denoiser(x, sigma_batch(s, x), **cond)
+        x, d = yield x, s
         if s_next == 0:
             x = d
         else:
@@ -93,32 +91,28 @@ def _dpmpp_sde(denoiser, x, sigmas, cond, generator, callback, eta, order):
 
 
 @register_solver("dpmpp_2m_sde", order=1, stochastic=True)
-def dpmpp_2m_sde(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
-                 eta: float = 1.0):  # fmt: skip
+def dpmpp_2m_sde(x, sigmas, *, generator=None, callback=None, eta: float = 1.0) -> Steps:
     """DPM-Solver++(2M) SDE (Lu et al. 2022b; ``eta=0`` is the ODE solver, Heun-type form)."""
-    return _dpmpp_sde(denoiser, x, sigmas, cond, generator, callback, eta, 2)
+    return (yield from _dpmpp_sde(x, sigmas, generator, callback, eta, 2))
 
 
 @register_solver("dpmpp_3m_sde", order=1, stochastic=True)
-def dpmpp_3m_sde(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
-                 eta: float = 1.0):  # fmt: skip
+def dpmpp_3m_sde(x, sigmas, *, generator=None, callback=None, eta: float = 1.0) -> Steps:
     """DPM-Solver++(3M) SDE (k-diffusion's third-order multistep SDE sampler)."""
-    return _dpmpp_sde(denoiser, x, sigmas, cond, generator, callback, eta, 3)
+    return (yield from _dpmpp_sde(x, sigmas, generator, callback, eta, 3))
 
 
 @register_solver("sa_solver", order=1, stochastic=True)
 def sa_solver(
-    denoiser: Any,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    cond: dict | None = None,
     generator: Any = None,
     callback: Callable | None = None,
     tau: float = 1.0,
     predictor_order: int = 3,
     corrector_order: int = 4,
-) -> torch.Tensor:
+) -> Steps:
     """SA-Solver: stochastic Adams predictor-corrector (Xue et al. 2023, Alg. 1, data form).
 
     ``x_t = (sigma_t/sigma_s) e^{-tau^2 h} x_s + int (1+tau^2) e^{-(1+tau^2)(lambda_t-l)} D(l) dl
@@ -131,12 +125,12 @@ def sa_solver(
         raise ConfigError(f"tau must be >= 0, got {tau}")
     check_order("sa_solver predictor", predictor_order, (1, 2, 3, 4))
     check_order("sa_solver corrector", corrector_order, (0, 1, 2, 3, 4))
-    cond, noise, rate = cond or {}, _noise(generator, x), 1 + tau**2
+    noise, rate = _noise(generator, x), 1 + tau**2
     hist: list[tuple[float, torch.Tensor]] = []  # (lambda, D) newest last
     x_s = s_prev = xi = None
     for i in range(len(sigmas) - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = denoiser(x, sigma_batch(s, x), **cond)
+        x, d = yield x, s
         if corrector_order and x_s is not None:  # SA-Corrector: redo the last step with D(x)
             nodes = (hist + [(lam(s), d)])[-corrector_order:]
             x = _sa_step(x_s, s_prev, s, nodes, tau, rate, xi)

@@ -16,7 +16,15 @@ from typing import Any
 import torch
 
 from diffspeed.errors import ConfigError
-from diffspeed.solvers.base import check_order, f64, lam, report, sigma_batch, thresholded
+from diffspeed.solvers.base import (
+    Steps,
+    check_order,
+    check_threshold,
+    f64,
+    lam,
+    report,
+    threshold,
+)
 from diffspeed.solvers.registry import register_solver
 
 
@@ -67,18 +75,16 @@ def _update(base, sb, t, nodes, outs, data: bool):
 
 
 def dpm_solver_singlestep(
-    denoiser: Any,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    cond: dict | None = None,
     generator: Any = None,
     callback: Callable | None = None,
     order: int = 3,
     prediction: str = "noise",
     lower_order_final: bool = True,
     dynamic_threshold: float = 0.0,
-) -> torch.Tensor:
+) -> Steps:
     """Singlestep DPM-Solver-k (``prediction="noise"``, Lu et al. 2022a, Alg. 1-2) or
     DPM-Solver++ kS (``"data"``, Lu et al. 2022b, Alg. 1), k = ``order`` in 1..3.
     """
@@ -86,14 +92,17 @@ def dpm_solver_singlestep(
     if prediction not in ("noise", "data"):
         raise ConfigError(f"prediction must be 'noise' or 'data', got {prediction!r}")
     data = prediction == "data"
-    den, cond, n = thresholded(denoiser, dynamic_threshold), cond or {}, len(sigmas) - 1
+    ratio, n = check_threshold(dynamic_threshold), len(sigmas) - 1
     orders = singlestep_orders(n, order, lower_order_final, float(sigmas[-1]) == 0)
     base, sb, nodes, outs = x, float(sigmas[0]), [], []
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         if orders[i] == 1:  # a new step starts here
             base, sb, nodes, outs = x, s, [], []
-        d = den(x, sigma_batch(s, x), **cond)
+        x, d = yield x, s
+        if orders[i] == 1:
+            base = x  # the point the step starts from (as handed back by the driver)
+        d = threshold(d, ratio)
         nodes.append(lam(s))
         outs.append(d if data else (x - d) / f64(s, x))
         x = _update(base, sb, s_next, nodes, outs, data)
@@ -102,13 +111,12 @@ def dpm_solver_singlestep(
 
 
 def _variant(order: int, prediction: str, doc: str) -> Callable:
-    def solver(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
-               lower_order_final: bool = True, dynamic_threshold: float = 0.0):  # fmt: skip
-        return dpm_solver_singlestep(
-            denoiser, x, sigmas, cond=cond, callback=callback, order=order,
-            prediction=prediction, lower_order_final=lower_order_final,
-            dynamic_threshold=dynamic_threshold,
-        )  # fmt: skip
+    def solver(x, sigmas, *, generator=None, callback=None, lower_order_final: bool = True,
+               dynamic_threshold: float = 0.0) -> Steps:  # fmt: skip
+        return (yield from dpm_solver_singlestep(
+            x, sigmas, callback=callback, order=order, prediction=prediction,
+            lower_order_final=lower_order_final, dynamic_threshold=dynamic_threshold,
+        ))  # fmt: skip
 
     solver.__doc__ = doc
     return solver
