@@ -161,6 +161,10 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         t = self.den.sigma_to_t(self.eval_sigmas)
         t = torch.where((t - t.round()).abs() < _INTEGER_TOL, t.round(), t)
         self.timesteps = t.float().to(device or "cpu")
+        # per evaluation: VP -> VE factor and the scalings turning a model output into D(x)
+        c_skip, c_out, _, _ = self.den.scalings(self.eval_sigmas)
+        scale = torch.sqrt(1 + self.eval_sigmas**2)
+        self._coefficients = list(zip(scale.tolist(), c_skip.tolist(), c_out.tolist(), strict=True))
         self._run: Any = None
         self._step_index: int | None = None
         self._begin_index = None
@@ -274,10 +278,9 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         if self._run is None:
             self._start(timestep, sample.to(work), generator)
         k = self._step_index
-        sigma = float(self.eval_sigmas[k])
-        x = sample.to(work) * math.sqrt(1 + sigma**2)  # VP -> VE
-        c_skip, c_out, _, _ = self.den.scalings(torch.tensor([sigma], dtype=torch.float64))
-        d = float(c_skip) * x + float(c_out) * model_output.to(work)
+        scale, c_skip, c_out = self._coefficients[k]
+        x = sample.to(work) * scale  # VP -> VE
+        d = torch.add(x if c_skip == 1 else x * c_skip, model_output.to(work), alpha=c_out)
         try:
             x_next, sigma_next = self._run.send((x, d))
             sigma_next = float(sigma_next)
@@ -285,7 +288,9 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             x_next, sigma_next = done.value, 0.0
             self._run = None
         self._step_index = k + 1
-        prev = (x_next / math.sqrt(1 + sigma_next**2)).to(sample.dtype)  # VE -> VP
+        if sigma_next:
+            x_next = x_next * (1 / math.sqrt(1 + sigma_next**2))  # VE -> VP
+        prev = x_next.to(sample.dtype)
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev, pred_original_sample=d.to(sample.dtype))
