@@ -7,6 +7,10 @@ from pathlib import Path
 
 from diffspeed.errors import ConfigError
 
+#: First noise seed of the teacher-quality validation samples: disjoint from the reference
+#: set's seeds (0 .. n-1).
+VALIDATION_SEED = 10**8
+
 
 def parse_labels(text: str) -> list[int]:
     """Parse ``"0-9"``, ``"3,5,7"`` or ``"0-4,7"`` into a list of digit labels."""
@@ -52,7 +56,7 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from diffspeed.eval.images import save_grid
-    from diffspeed.models.teacher import guided_teacher, load_teacher
+    from diffspeed.models.teacher import guided_teacher, label_cond, load_teacher
     from diffspeed.solvers import sample, seeded_noise
 
     torch.set_num_threads(args.threads)
@@ -61,14 +65,14 @@ def _sample(args: argparse.Namespace) -> int:
     den = load_teacher(args.teacher)
     if args.guidance != 1.0:
         den = guided_teacher(args.guidance, den)
-    noise = seeded_noise(range(args.seed, args.seed + len(y)), (1, 8, 8))
+    noise = seeded_noise(range(args.seed, args.seed + len(y)), den.cond_spec.sample_shape)
     x, info = sample(
         den,
         noise,
         args.solver,
         args.steps,
         args.schedule,
-        cond={"class_labels": y},
+        cond=label_cond(y),
         return_info=True,
     )
     save_grid(
@@ -89,8 +93,9 @@ def _quality(args: argparse.Namespace) -> int:
     from diffspeed.eval import metrics
     from diffspeed.eval.images import save_grid
     from diffspeed.eval.reference import ReferenceSpec, reference_set
-    from diffspeed.models.digits import real_halves
-    from diffspeed.models.teacher import guided_teacher, load_teacher
+    from diffspeed.models.digits import NUM_CLASSES, real_halves
+    from diffspeed.models.scoring import DIGITS
+    from diffspeed.models.teacher import cond_labels, guided_teacher, load_teacher
     from diffspeed.solvers import sample, seeded_noise
 
     torch.set_num_threads(args.threads)
@@ -101,24 +106,26 @@ def _quality(args: argparse.Namespace) -> int:
     table = Table(title=f"teacher quality on validation seeds (n={args.n_val}, heun 50 steps)")
     for col in ("guidance", "FDD", "KID x1e3", "class acc"):
         table.add_column(col, justify="right")
-    # validation seeds start at 10**8: disjoint from the reference set (seeds 0 .. n-1)
-    y = torch.arange(args.n_val) % 10
-    noise = seeded_noise(range(10**8, 10**8 + args.n_val), (1, 8, 8))
+    cond = den.cond_spec.example_cond(args.n_val)
+    seeds = range(VALIDATION_SEED, VALIDATION_SEED + args.n_val)
+    noise = seeded_noise(seeds, den.cond_spec.sample_shape)
     for w in args.guidance:
-        x = sample(guided_teacher(w, den), noise, "heun", 50, "karras", cond={"class_labels": y})
+        x = sample(guided_teacher(w, den), noise, "heun", 50, "karras", cond=cond)
+        score = DIGITS.score(x, cond)
         table.add_row(
             f"{w:g}",
-            f"{metrics.fdd(x):.3f}",
-            f"{1e3 * metrics.kid_score(x):.2f}",
-            f"{metrics.class_accuracy(x, y):.4f}",
+            f"{score['fdd']:.3f}",
+            f"{1e3 * score['kid']:.2f}",
+            f"{score['accuracy']:.4f}",
         )
     console.print(table)
-    ref = reference_set(ReferenceSpec(n=args.n), teacher_path=args.teacher, progress=True)
+    ref = reference_set(ReferenceSpec(n=args.n), denoiser=den, progress=True)
+    score = DIGITS.score(ref.samples, ref.cond)
     console.print(
         f"reference set (n={args.n}, seeds 0..{args.n - 1}, w={ref.spec.guidance:g}, "
         f"{ref.spec.solver} {ref.spec.steps} {ref.spec.schedule} steps, digest {ref.digest}): "
-        f"FDD {metrics.fdd(ref.samples):.3f}, KID x1e3 {1e3 * metrics.kid_score(ref.samples):.2f}, "
-        f"class accuracy {metrics.class_accuracy(ref.samples, ref.labels):.4f}; "
+        f"FDD {score['fdd']:.3f}, KID x1e3 {1e3 * score['kid']:.2f}, "
+        f"class accuracy {score['accuracy']:.4f}; "
         f"real-vs-real floor (898 vs 899 digits) FDD {floor:.3f}"
     )
     # memorisation check: distance of each sample to its nearest training digit, against the
@@ -133,8 +140,8 @@ def _quality(args: argparse.Namespace) -> int:
         f"{nn_real.min(1).values.median():.2f}"
     )
     if args.grid:
-        order = torch.argsort(ref.labels[:100], stable=True)
-        save_grid(ref.samples[:100][order], args.grid, nrow=10)
+        order = torch.argsort(cond_labels(ref.cond)[:100], stable=True)
+        save_grid(ref.samples[:100][order], args.grid, nrow=NUM_CLASSES)
         console.print(f"wrote {args.grid}")
     return 0
 

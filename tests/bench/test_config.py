@@ -67,7 +67,7 @@ def test_unknown_solver_peer_and_peer_option(ctx):
         build_generator(Row(peer="DDIMScheduler", steps=2, options={"spacing": 1}), ctx)
     gen = build_generator(Row(solver="ddim", steps=2, options={"order": 3}), ctx)
     with pytest.raises(ConfigError, match="no option"):
-        gen.generate(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), [0])
+        gen.generate(torch.zeros(1, *ctx.sample_shape), ctx.cond_spec.example_cond(1), [0])
 
 
 def test_row_arg_and_round_trip():

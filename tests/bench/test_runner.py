@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from diffspeed.bench import BenchContext, Row, register_method
@@ -11,6 +12,7 @@ from diffspeed.bench.config import BenchPlan, BenchSettings
 from diffspeed.bench.methods import METHODS, build_generator
 from diffspeed.bench.report import pareto_front
 from diffspeed.bench.runner import ModelOptions, load_model, run_bench
+from diffspeed.errors import ConfigError
 from diffspeed.models.io import load_weights
 
 
@@ -44,8 +46,8 @@ def test_peer_ddim_matches_diffspeed_ddim():
     """A diffusers scheduler is driven on the same denoiser and the same noise: DDIM with
     trailing spacing and no clipping is the same algorithm as diffspeed's ddim."""
     ctx = load_model(ModelOptions(), 2.0, torch.device("cpu"))
-    noise = torch.randn(6, 1, 8, 8)
-    y = torch.arange(6)
+    noise = torch.randn(6, *ctx.sample_shape)
+    y = ctx.cond_spec.example_cond(6)
     a = build_generator(Row(solver="ddim", steps=5), ctx).generate(noise, y, list(range(6)))
     peer = Row(
         peer="DDIMScheduler",
@@ -59,14 +61,15 @@ def test_peer_ddim_matches_diffspeed_ddim():
 
 
 class _Const:
-    """A stand-in 'student': one evaluation, returns the label's mean digit."""
+    """A stand-in 'student': one evaluation, returns a grey level per condition."""
 
     nfe = 1
     rounds = 1
     model_size_bytes = 1234
 
-    def generate(self, noise, labels, seeds):
-        return torch.tanh(noise) * 0.0 + (labels.float() / 9 * 2 - 1).view(-1, 1, 1, 1)
+    def generate(self, noise, cond, seeds):
+        (value,) = cond.values()
+        return torch.tanh(noise) * 0.0 + (value.float() / 9 * 2 - 1).view(-1, 1, 1, 1)
 
 
 def test_plug_in_row_kind(tmp_path):
@@ -98,7 +101,8 @@ def test_pareto_front():
 
 
 def test_diffusers_folder_model(tmp_path):
-    """A user's model as a diffusers folder (unet/ + scheduler/) benches like the teacher."""
+    """A user's model as a diffusers folder (unet/ + scheduler/) benches like the teacher:
+    its conditioning is read from the UNet's config, the null class given with ``uncond``."""
     ctx = load_model(ModelOptions(), 1.0, torch.device("cpu"))
     ctx.denoiser.model.save_pretrained(tmp_path / "m" / "unet")
     from diffspeed.models.teacher import build_scheduler
@@ -114,19 +118,36 @@ def test_diffusers_folder_model(tmp_path):
         baseline={"solver": "ddim", "steps": 2},
     )
     plan = BenchPlan(settings, (Row(solver="euler", steps=3, schedule="karras"),))
-    res = run_bench(plan, tmp_path / "out", model=ModelOptions(source=str(tmp_path / "m")))
-    assert res["manifest"]["num_classes"] == 10
+    teacher = ctx.cond_spec
+    model = ModelOptions(source=str(tmp_path / "m"), uncond=dict(teacher.uncond))
+    res = run_bench(plan, tmp_path / "out", model=model)
+    assert res["manifest"]["cond_keys"] == list(teacher.keys)
     assert math.isfinite(res["rows"]["euler-3-karras"]["fdd"])
+    loaded = load_model(model, 1.0, torch.device("cpu")).cond_spec
+    for key, value in teacher.example_cond(25).items():
+        assert torch.equal(loaded.example_cond(25)[key], value)
+
+
+def test_diffusers_folder_without_uncond_refuses_guidance(tmp_path):
+    ctx = load_model(ModelOptions(), 1.0, torch.device("cpu"))
+    ctx.denoiser.model.save_pretrained(tmp_path / "m" / "unet")
+    from diffspeed.models.teacher import build_scheduler
+
+    build_scheduler().save_pretrained(tmp_path / "m" / "scheduler")
+    user = load_model(ModelOptions(source=str(tmp_path / "m")), 2.0, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="--uncond"):
+        user.guided(2.0)
 
 
 def test_import_path_model_without_digit_metrics(tmp_path, monkeypatch):
     """A user's ``module:function`` denoiser: fidelity to its own reference, no digit metrics."""
     (tmp_path / "my_tiny_model.py").write_text(
         "import torch\n"
-        "from diffspeed import VEDenoiser\n\n\n"
+        "from diffspeed import VEDenoiser\n"
+        "from diffspeed.core.contract import CondSpec\n\n\n"
         "def make():\n"
         "    den = VEDenoiser(lambda x, s: torch.tanh(x) * 0.5, 0.01, 20.0)\n"
-        "    den.sample_shape = (3, 4, 4)\n"
+        "    den.cond_spec = CondSpec(keys=(), uncond={}, sample_shape=(3, 4, 4))\n"
         "    return den\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -1,5 +1,7 @@
 """Install / remove / reset contract of every cache on every supported model family."""
 
+import numpy as np
+import pytest
 import torch
 
 import diffspeed
@@ -199,3 +201,57 @@ def test_input_branch_runs_only_conv_in_the_last_up_layer_and_the_head():
             assert calls["down0"] == calls["up_first"] == runs_down0, (name, cfg, calls)
         for h in hooks:
             h.remove()
+
+
+def _tiny_ddpm_pipeline():
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+    ).eval()
+    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _calls(pipe, steps, seeds):
+    return [
+        pipe(
+            generator=torch.Generator().manual_seed(s),
+            num_inference_steps=steps,
+            output_type="np",
+        ).images
+        for s in seeds
+    ]
+
+
+@pytest.mark.parametrize("on_pipeline", [False, True])
+def test_separate_pipeline_calls_never_share_features(on_pipeline):
+    """Three separate one-step pipeline calls: each computes its own deep features (a cache
+    that kept call 1's features would hand them to calls 2 and 3)."""
+    pipe = _tiny_ddpm_pipeline()
+    exact = _calls(pipe, 1, [1, 2, 3])
+    with diffspeed.apply_cache(pipe if on_pipeline else pipe.unet, DeepCache(interval=3)) as h:
+        cached = _calls(pipe, 1, [1, 2, 3])
+        assert h.stats == {"evals": 3, "full": 3}
+    for a, b in zip(cached, exact, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_cache_on_a_pipeline_follows_its_scheduler():
+    """On a pipeline, every call is one run of its scheduler's length; removal restores it."""
+    pipe = _tiny_ddpm_pipeline()
+    with diffspeed.apply_cache(pipe, DeepCache(interval=2)) as h:
+        a, b = _calls(pipe, 4, [5, 5])
+        assert "set_timesteps" in vars(pipe.scheduler)
+        assert h.stats == {"evals": 8, "full": 4}
+    assert np.array_equal(a, b)
+    assert "set_timesteps" not in vars(pipe.scheduler)

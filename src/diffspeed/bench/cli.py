@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from diffspeed.errors import ConfigError
 
@@ -32,6 +34,22 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _uncond(text: str) -> dict[str, Any]:
+    """``--uncond`` JSON: ``{cond key: number or nested list}`` as tensors."""
+    import torch
+
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"--uncond {text!r} is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"--uncond {text!r}: give a JSON object {{cond key: value}}")
+    try:
+        return {str(k): torch.tensor(v) for k, v in data.items()}
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"--uncond {text!r}: values must be numbers or lists ({e})") from None
+
+
 def _run(plan, args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -44,8 +62,7 @@ def _run(plan, args: argparse.Namespace) -> int:
     model = ModelOptions(
         source=getattr(args, "model", None),
         shape=_shape(args.shape) if getattr(args, "shape", None) else None,
-        classes=getattr(args, "classes", None),
-        null_label=getattr(args, "null_label", None),
+        uncond=_uncond(args.uncond) if getattr(args, "uncond", None) else None,
         device=getattr(args, "device", None),
     )
     results = run_bench(
@@ -121,8 +138,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="teacher .safetensors, diffusers folder (unet/ + scheduler/) or module:function",
     )
     p.add_argument("--shape", default=None, help="C,H,W of an image (import-path models)")
-    p.add_argument("--classes", type=int, default=None, help="number of class labels (0: none)")
-    p.add_argument("--null-label", type=int, default=None, help="unconditional label")
+    p.add_argument(
+        "--uncond",
+        default=None,
+        metavar="JSON",
+        help="the model's unconditional inputs for guidance when it does not declare them, "
+        "as {cond key: value} (e.g. the null class of a class-conditional diffusers UNet)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
     _common(p, "diffspeed-report")
     p.set_defaults(func=_bench)

@@ -136,7 +136,8 @@ class BenchSettings:
     """Settings of one bench run (the ``[settings]`` table of a bench TOML).
 
     Attributes:
-        samples: images per row (labels cycle through the classes, so a multiple of 10 is
+        samples: images per row, drawn for the model's example conditions in order (the
+            embedded teacher's cycle through its classes, so a multiple of the class count is
             class-balanced); they are the first ``samples`` of the reference set.
         seed: reference-set seed (sample ``i`` has noise seed ``seed * 1_000_003 + i``).
         guidance: default classifier-free guidance scale of rows and of the reference (the
@@ -148,7 +149,7 @@ class BenchSettings:
         reference_solver, reference_steps, reference_schedule: the high-accuracy sampler
             the fidelity (PSNR / RMSE) reference comes from.
         baseline: the row every speedup is measured against (the teacher's 50-step DDIM).
-        grid: images per row in ``grid.png`` (the first ones: one per class).
+        grid: images per row in ``grid.png`` (the first ones: the first example conditions).
         plugins: modules to import before the rows are resolved (they register row kinds
             with :func:`diffspeed.bench.register_method`).
     """

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -30,7 +30,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from diffspeed.bench.config import Row
+from diffspeed.core.contract import CondSpec, cond_to, innermost
 from diffspeed.errors import ConfigError, UnsupportedModelError, unknown_name
+from diffspeed.models.scoring import ModelScoring
 from diffspeed.registry import Registry
 
 #: Families a method may belong to (they colour the Pareto plot; order = legend order).
@@ -52,10 +54,11 @@ class Generator(Protocol):
     rounds: int
     model_size_bytes: int
 
-    def generate(self, noise: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int]) -> Any:
-        """Map unit Gaussian ``noise [B, C, H, W]`` with class ``labels [B]`` to images
-        ``[B, C, H, W]``; ``seeds[i]`` seeds any fresh noise of sample ``i`` (stochastic
-        samplers: pass ``generator=list(seeds)`` to ``diffspeed.sample``)."""
+    def generate(self, noise: torch.Tensor, cond: Mapping[str, Any], seeds: Sequence[int]) -> Any:
+        """Map unit Gaussian ``noise [B, C, H, W]`` drawn for the conditions ``cond`` (the
+        model's ``cond`` keys, one value per sample, on the CPU) to images ``[B, C, H, W]``;
+        ``seeds[i]`` seeds any fresh noise of sample ``i`` (stochastic samplers: pass
+        ``generator=list(seeds)`` to ``diffspeed.sample``)."""
         ...
 
 
@@ -64,26 +67,28 @@ class BenchContext:
     """What a builder may use: the model under test and the run's settings.
 
     Attributes:
-        denoiser: the unguided denoiser of the model (``D(x, sigma, **cond)``).
+        denoiser: the unguided denoiser of the model (``D(x, sigma, **cond)``); its
+            ``cond_spec`` says the ``cond`` keys and the uncond guidance contrasts with.
         sample_shape: ``(C, H, W)`` of one image.
-        num_classes: number of class labels (0: unconditional, then labels are ignored).
-        null_label: the unconditional label for guidance (None: no guidance possible).
         guidance: the run's default guidance scale.
-        device: where the model lives (noise is moved there).
+        device: where the model lives (noise and conditions are moved there).
         model_size_bytes: bytes of the model's weights.
         teacher_path: the embedded teacher's weight file (None for a user's model).
-        is_digits: the model is an 8x8 digits model (digit metrics apply).
+        scoring: the model's domain metrics (None: fidelity to the reference only).
     """
 
     denoiser: Any
     sample_shape: tuple[int, ...]
-    num_classes: int
-    null_label: int | None
     guidance: float
     device: torch.device
     model_size_bytes: int
     teacher_path: Path | None = None
-    is_digits: bool = False
+    scoring: ModelScoring | None = None
+
+    @property
+    def cond_spec(self) -> CondSpec:
+        """The model's conditioning spec."""
+        return self.denoiser.cond_spec
 
     def scale(self, row: Row) -> float:
         """The guidance scale of ``row`` (its own or the default)."""
@@ -93,18 +98,19 @@ class BenchContext:
         """The denoiser with classifier-free guidance ``scale`` (itself when not applicable)."""
         from diffspeed.core.guidance import guidance
 
-        if self.num_classes == 0 or scale == 1.0:
+        if not self.cond_spec.conditional or scale == 1.0:
             return self.denoiser
-        if self.null_label is None:
+        if not self.cond_spec.guidable:
             raise ConfigError(
-                f"guidance {scale} needs an unconditional label; this model has none "
-                "(set guidance = 1.0)"
+                f"guidance {scale} needs the model's unconditional input, which it does not "
+                "declare; set guidance = 1.0, or name it with --uncond (a JSON object of the "
+                "unconditional inputs, e.g. the null class)"
             )
-        return guidance(self.denoiser, scale, uncond={"class_labels": self.null_label})
+        return guidance(self.denoiser, scale)
 
-    def cond(self, labels: torch.Tensor) -> dict[str, Any]:
-        """Conditioning for ``labels`` (empty for an unconditional model)."""
-        return {"class_labels": labels.to(self.device)} if self.num_classes else {}
+    def cond(self, cond: Mapping[str, Any]) -> dict[str, Any]:
+        """``cond`` on the model's device."""
+        return cond_to(cond, self.device)
 
 
 Builder = Callable[[Row, BenchContext], Generator]
@@ -191,7 +197,7 @@ class SolverGenerator:
         self.rounds = 0
         self.model_size_bytes = ctx.model_size_bytes
 
-    def _run(self, noise: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int]) -> Any:
+    def _run(self, noise: torch.Tensor, cond: Mapping[str, Any], seeds: Sequence[int]) -> Any:
         from diffspeed.solvers import sample
 
         r = self.row
@@ -201,7 +207,7 @@ class SolverGenerator:
             r.solver,
             r.steps if r.steps is not None else 50,
             r.schedule,
-            cond=self.ctx.cond(labels),
+            cond=self.ctx.cond(cond),
             generator=list(seeds),
             schedule_options=r.schedule_options,
             return_info=True,
@@ -211,12 +217,12 @@ class SolverGenerator:
         self.rounds = int(info.get("rounds", info["nfe"]))
         return x
 
-    def generate(self, noise: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int]) -> Any:
+    def generate(self, noise: torch.Tensor, cond: Mapping[str, Any], seeds: Sequence[int]) -> Any:
         """Sample ``noise`` with the row's solver, steps and schedule."""
         if self.around is None:
-            return self._run(noise, labels, seeds)
+            return self._run(noise, cond, seeds)
         with self.around():
-            return self._run(noise, labels, seeds)
+            return self._run(noise, cond, seeds)
 
 
 @register_method("solver", family="solver")
@@ -255,7 +261,7 @@ def _peer_scheduler(name: str, den: Any, options: dict[str, Any]) -> Any:
 
     if name not in PEERS:
         raise unknown_name("peer scheduler", name, PEERS)
-    inner = getattr(den, "inner", den)
+    inner = innermost(den)
     if not hasattr(inner, "alphas_cumprod") or not hasattr(inner, "t_to_sigma"):
         raise UnsupportedModelError(
             "peer rows drive diffusers schedulers over discrete timesteps and need a "
@@ -298,11 +304,11 @@ class PeerGenerator:
         self.rounds = 0
         self.model_size_bytes = ctx.model_size_bytes
 
-    def generate(self, noise: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int]) -> Any:
+    def generate(self, noise: torch.Tensor, cond: Mapping[str, Any], seeds: Sequence[int]) -> Any:
         """Run the scheduler's sampling loop from ``noise``."""
         sched, den = self.scheduler, self.den
-        inner = getattr(den, "inner", den)
-        cond = self.ctx.cond(labels)
+        inner = innermost(den)
+        cond = self.ctx.cond(cond)
         sched.set_timesteps(self.row.steps)
         nfe0 = den.nfe
         with torch.inference_mode():

@@ -158,7 +158,7 @@ def plot_pareto(results: dict[str, Any], path: Path) -> Path:
 
 
 def plot_grid(results: dict[str, Any], out: Path, path: Path) -> Path:
-    """The same noises and labels through each method, one labelled row per method."""
+    """The same noises and conditions through each method, one labelled row per method."""
     from diffspeed.eval.images import save_grid
 
     n = int(results.get("settings", {}).get("grid", 10))
@@ -192,8 +192,8 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
     v = m.get("versions", {})
     git = m.get("git", {})
     out = [
-        f"- {s.get('samples')} samples per row (seed {s.get('seed')}, class-balanced labels), "
-        f"guidance {s.get('guidance')}, quality batches of {s.get('batch_size')}",
+        f"- {s.get('samples')} samples per row (seed {s.get('seed')}, the model's example "
+        f"conditions), guidance {s.get('guidance')}, quality batches of {s.get('batch_size')}",
         f"- latency: {s.get('warmup')} warm-up + median of {s.get('repeats')} runs of a batch of "
         f"{s.get('timing_batch')}, {m.get('torch_threads')} torch threads, "
         f"{m.get('device')} ({m.get('device_name')}), {m.get('processes')} process(es)",
@@ -269,7 +269,7 @@ def write_html(results: dict[str, Any], out: Path, pareto: Path, grid: Path) -> 
 <h2>Speed vs quality</h2>
 <img id="pareto" alt="Pareto plot: quality against latency"
  src="data:image/png;base64,{_b64(pareto)}">
-<h2>Same noise and label through each method</h2>
+<h2>Same noise and condition through each method</h2>
 <img id="grid" alt="sample grid, one row per method"
  src="data:image/png;base64,{_b64(grid)}">
 </body></html>

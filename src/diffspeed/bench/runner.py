@@ -1,9 +1,10 @@
-"""The bench runner: every row on the same noises and labels, timed and scored, resumable.
+"""The bench runner: every row on the same noises and conditions, timed and scored, resumable.
 
-For each row: generate the run's samples (the first ``samples`` of the reference set: seeded
-noise, class-balanced labels), time a ``timing_batch`` generation (warm-up, median of repeats,
-fixed threads), measure peak memory over one quality batch, and score FDD / KID / class
-accuracy (digits models) and PSNR / RMSE against the reference samples from the same noise.
+For each row: generate the run's samples (the reference set's: seeded noise, the model's
+example conditions), time a ``timing_batch`` generation (warm-up, median of repeats, fixed
+threads), measure peak memory over one quality batch, and score PSNR / RMSE against the
+reference samples from the same noise, plus the model's domain metrics when the models
+package has some for it (FDD / KID / class accuracy for digits models).
 Each finished row is written to ``results.json`` atomically, so an interrupted run resumes where
 it stopped. Under ``accelerate launch`` the quality batches are split between processes and
 gathered on the main process (batch boundaries do not depend on the process count, so the
@@ -22,7 +23,7 @@ import re
 import subprocess
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,11 @@ from diffspeed.bench.methods import (
     load_method_modules,
 )
 from diffspeed.bench.timing import PeakMemory, time_call
+from diffspeed.core.contract import DenoiserLike, innermost, network_of
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError, unknown_name
-from diffspeed.models.io import atomic_write_json, load_weights, save_weights
+from diffspeed.eval.reference import Reference, ReferenceSpec, reference_set
+from diffspeed.models.io import atomic_write_json, param_bytes, save_weights, weights_digest
+from diffspeed.progress import Progress
 
 log = logging.getLogger("diffspeed")
 
@@ -57,36 +61,19 @@ class ModelOptions:
     Attributes:
         source: None (the embedded teacher), a teacher ``.safetensors`` file, a diffusers folder
             (``unet/`` and ``scheduler/`` subfolders) or ``module:function`` returning a denoiser.
-        shape: ``(C, H, W)`` of one image when the model cannot tell (import paths).
-        classes: number of class labels (overrides what the model says; 0: unconditional).
-        null_label: the unconditional label used for guidance.
+        shape: ``(C, H, W)`` of one image when the model's spec does not say it.
+        uncond: the model's unconditional inputs (``{cond key: value}``) for guidance, when
+            its spec does not give them (a diffusers class-conditional UNet's null class).
         device: where to run (default: the accelerate process's device, else CPU).
     """
 
     source: str | None = None
     shape: tuple[int, ...] | None = None
-    classes: int | None = None
-    null_label: int | None = None
+    uncond: dict[str, Any] | None = None
     device: str | None = None
 
 
-def _param_bytes(module: Any) -> int:
-    if not isinstance(module, torch.nn.Module):
-        return 0
-    tensors = list(module.parameters()) + list(module.buffers())
-    return int(sum(t.numel() * t.element_size() for t in tensors))
-
-
-def _weights_digest(module: Any) -> str:
-    h = hashlib.sha256()
-    if isinstance(module, torch.nn.Module):
-        for k, v in sorted(module.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _load_diffusers(path: Path) -> tuple[Any, dict[str, Any]]:
+def _load_diffusers(path: Path, uncond: dict[str, Any] | None) -> Any:
     import diffusers
 
     from diffspeed.core.adapters import from_diffusers
@@ -105,18 +92,10 @@ def _load_diffusers(path: Path) -> tuple[Any, dict[str, Any]]:
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise WeightsError(f"cannot load the diffusers model in {path}: {e}") from None
     unet.eval().requires_grad_(False)
-    den = from_diffusers(unet, sched)
-    cfg = unet.config
-    k = int(cfg.get("num_class_embeds") or 0)
-    info = {
-        "shape": (int(cfg["in_channels"]), int(cfg["sample_size"]), int(cfg["sample_size"])),
-        "classes": max(0, k - 1),
-        "null_label": k - 1 if k > 1 else None,
-    }
-    return den, info
+    return from_diffusers(unet, sched, uncond=uncond)
 
 
-def _load_import_path(spec: str) -> tuple[Any, dict[str, Any]]:
+def _load_import_path(spec: str) -> Any:
     module_name, _, func_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -126,21 +105,17 @@ def _load_import_path(spec: str) -> tuple[Any, dict[str, Any]]:
     if not callable(fn):
         raise ConfigError(f"model {spec!r}: module {module_name!r} has no function {func_name!r}")
     den = fn()
-    if not callable(den) or not all(hasattr(den, a) for a in ("sigma_min", "sigma_max", "nfe")):
+    if not isinstance(den, DenoiserLike):
         raise UnsupportedModelError(
             f"model {spec!r} returned {type(den).__name__}, not a denoiser; return a "
             "diffspeed denoiser (diffspeed.wrap / from_diffusers / VEDenoiser / ...)"
         )
-    info = {
-        "shape": getattr(den, "sample_shape", None),
-        "classes": int(getattr(den, "num_classes", 0)),
-        "null_label": getattr(den, "null_label", None),
-    }
-    return den, info
+    return den
 
 
 def load_model(opts: ModelOptions, guidance: float, device: torch.device) -> BenchContext:
     """Load the model under test as a :class:`BenchContext`."""
+    from diffspeed.models.scoring import scoring_for
     from diffspeed.models.teacher import ASSETS, load_teacher
 
     src = opts.source
@@ -148,58 +123,41 @@ def load_model(opts: ModelOptions, guidance: float, device: torch.device) -> Ben
     if src is None or src.endswith(".safetensors"):
         teacher_path = Path(src) if src else ASSETS / "teacher.safetensors"
         den = load_teacher(teacher_path)
-        info = {"shape": (1, 8, 8), "classes": 10, "null_label": den.null_label}
     elif Path(src).is_dir():
-        den, info = _load_diffusers(Path(src))
+        den = _load_diffusers(Path(src), opts.uncond)
     elif re.fullmatch(r"[\w.]+:\w+", src):
-        den, info = _load_import_path(src)
+        den = _load_import_path(src)
     else:
         raise ConfigError(
             f"model {src!r} is not a teacher .safetensors file, a diffusers folder (unet/ + "
             "scheduler/) or a Python import path module:function"
         )
-    if opts.classes is not None:
-        info["classes"] = opts.classes
-    if opts.null_label is not None:
-        info["null_label"] = opts.null_label
-    shape = tuple(opts.shape) if opts.shape else info["shape"]
+    spec = den.cond_spec
+    if opts.uncond:
+        base = innermost(den)
+        base.cond_spec = replace(spec, uncond={**(spec.uncond or {}), **opts.uncond})
+    shape = tuple(opts.shape) if opts.shape else den.cond_spec.sample_shape
     if not shape:
         raise ConfigError(
             f"model {src!r} does not say its image shape; pass --shape C,H,W "
-            "(or give the denoiser a sample_shape attribute)"
+            "(or give its CondSpec a sample_shape)"
         )
-    model = getattr(den, "model", None)
     if isinstance(den, torch.nn.Module):
         den.to(device)  # the network and the adapter's buffers
     return BenchContext(
         denoiser=den,
         sample_shape=tuple(int(s) for s in shape),
-        num_classes=int(info["classes"]),
-        null_label=info["null_label"],
         guidance=guidance,
         device=device,
-        model_size_bytes=_param_bytes(model),
+        model_size_bytes=param_bytes(network_of(den)),
         teacher_path=teacher_path,
-        is_digits=tuple(shape) == (1, 8, 8) and int(info["classes"]) == 10,
+        scoring=scoring_for(den.cond_spec),
     )
 
 
 # --- the reference set ------------------------------------------------------------------------
-@dataclass
-class RunReference:
-    """The run's inputs (noise, labels, seeds) and the reference outputs from the same noise."""
-
-    noise: torch.Tensor
-    labels: torch.Tensor
-    seeds: list[int]
-    samples: torch.Tensor
-    digest: str
-
-
-def _reference(ctx: BenchContext, s: BenchSettings, cache_dir: Path, progress: bool):
-    from diffspeed.eval.reference import ReferenceSpec, reference_set
-    from diffspeed.solvers import sample, seeded_noise
-
+def _reference(ctx: BenchContext, s: BenchSettings, progress: bool) -> Reference:
+    """The run's inputs (noise, conditions, seeds) and the reference outputs from them."""
     spec = ReferenceSpec(
         n=s.samples,
         seed=s.seed,
@@ -208,42 +166,15 @@ def _reference(ctx: BenchContext, s: BenchSettings, cache_dir: Path, progress: b
         steps=s.reference_steps,
         schedule=s.reference_schedule,
     )
-    if ctx.teacher_path is not None:
-        ref = reference_set(spec, teacher_path=ctx.teacher_path, progress=progress)
-        return RunReference(ref.noise, ref.labels, spec.seeds(), ref.samples, ref.digest)
-    # a user's model: the same recipe, cached beside the results
-    digest = _weights_digest(getattr(ctx.denoiser, "model", None))
-    key_src = repr((asdict(spec), ctx.sample_shape, digest))
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    path = cache_dir / f"reference-{key}.safetensors"
-    labels = spec.labels() % max(1, ctx.num_classes)
-    noise = seeded_noise(spec.seeds(), ctx.sample_shape)
-    if path.is_file():
-        t = load_weights(path)
-        digest = hashlib.sha256(t["samples"].numpy().tobytes()).hexdigest()[:16]
-        return RunReference(noise, labels, spec.seeds(), t["samples"], digest)
-    den = ctx.guided(s.guidance)
-    outs = []
-    for i in range(0, s.samples, s.batch_size):
-        sl = slice(i, i + s.batch_size)
-        x = sample(
-            den,
-            noise[sl].to(ctx.device),
-            spec.solver,
-            spec.steps,
-            spec.schedule,
-            cond=ctx.cond(labels[sl]),
-        )
-        outs.append(x.float().cpu())
-    samples = torch.cat(outs)
-    save_weights(path, {"samples": samples})
-    digest = hashlib.sha256(samples.numpy().tobytes()).hexdigest()[:16]
-    return RunReference(noise, labels, spec.seeds(), samples, digest)
+    return reference_set(
+        spec, denoiser=ctx.denoiser, sample_shape=ctx.sample_shape, progress=progress
+    )
 
 
 # --- metrics ----------------------------------------------------------------------------------
-def quality(x: torch.Tensor, ref: RunReference, ctx: BenchContext) -> dict[str, float | None]:
-    """FDD, KID, class accuracy (digits models; else None) and PSNR / RMSE vs the reference."""
+def quality(x: torch.Tensor, ref: Reference, ctx: BenchContext) -> dict[str, float | None]:
+    """PSNR / RMSE vs the reference, and the model's domain metrics (FDD, KID, accuracy;
+    None when the model has none)."""
     from diffspeed.eval import metrics
 
     out: dict[str, float | None] = {
@@ -253,10 +184,8 @@ def quality(x: torch.Tensor, ref: RunReference, ctx: BenchContext) -> dict[str, 
         "kid": None,
         "accuracy": None,
     }
-    if ctx.is_digits:
-        out["fdd"] = metrics.fdd(x)
-        out["kid"] = metrics.kid_score(x)
-        out["accuracy"] = metrics.class_accuracy(x, ref.labels)
+    if ctx.scoring is not None:
+        out.update(ctx.scoring.score(x, ref.cond))
     return out
 
 
@@ -292,7 +221,7 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def manifest(ctx: BenchContext, s: BenchSettings, ref: RunReference, procs: int) -> dict:
+def manifest(ctx: BenchContext, s: BenchSettings, ref: Reference, procs: int) -> dict:
     """Everything needed to reproduce the numbers (versions, threads, device, seeds, commit)."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -315,13 +244,13 @@ def manifest(ctx: BenchContext, s: BenchSettings, ref: RunReference, procs: int)
         "seeds": {
             "reference_seed": s.seed,
             "noise_seeds": f"seed * 1_000_003 + i for i < {s.samples}",
-            "first": ref.seeds[:3],
+            "first": ref.spec.seeds()[:3],
         },
         "git": _git_commit(),
         "reference_digest": ref.digest,
-        "model_digest": _weights_digest(getattr(ctx.denoiser, "model", None)),
+        "model_digest": weights_digest(network_of(ctx.denoiser)),
         "sample_shape": list(ctx.sample_shape),
-        "num_classes": ctx.num_classes,
+        "cond_keys": None if ctx.cond_spec.keys is None else list(ctx.cond_spec.keys),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -367,7 +296,7 @@ def _slug(row: Row) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", row.label)[:60] + "-" + row.digest()
 
 
-def _run_key(s: BenchSettings, ctx: BenchContext, ref: RunReference, model: str | None) -> str:
+def _run_key(s: BenchSettings, ctx: BenchContext, ref: Reference, model: str | None) -> str:
     data = {"settings": asdict(s), "model": model, "reference": ref.digest}
     data["device"] = str(ctx.device)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -423,7 +352,7 @@ def run_bench(
     # every row is built first, so a bad configuration fails before anything runs
     gens = {row.label: build_generator(row, ctx) for row in rows}
     with state.main_process_first():
-        ref = _reference(ctx, s, out, progress and state.is_main_process)
+        ref = _reference(ctx, s, progress and state.is_main_process)
     results = _load_results(out, _run_key(s, ctx, ref, model.source), resume)
     if state.is_main_process and "reference" not in results:
         results["reference"] = {"digest": ref.digest, **quality(ref.samples, ref, ctx)}
@@ -438,7 +367,7 @@ def run_bench(
     results["settings"] = asdict(s)
     results["order"] = [r.label for r in rows]
     results["baseline"] = rows[0].label
-    bar = _Progress(progress and state.is_main_process)
+    bar = Progress(progress and state.is_main_process)
     with bar:
         task = bar.add("rows", len(rows))
         for row in rows:
@@ -481,15 +410,16 @@ def _run_row(
     row: Row,
     gen: Generator,
     ctx: BenchContext,
-    ref: RunReference,
+    ref: Reference,
     s: BenchSettings,
     state: Any,
     out: Path,
-    bar: _Progress,
+    bar: Progress,
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
     log.info("row %s: computing", row.label)
     batches = [(i, min(i + s.batch_size, s.samples)) for i in range(0, s.samples, s.batch_size)]
+    seeds, select = ref.spec.seeds(), ctx.cond_spec.select
     parts = []
     peak = None
     task = bar.add(row.label, s.samples)
@@ -497,7 +427,7 @@ def _run_row(
         for a, b in mine:
             meter = PeakMemory(ctx.device) if peak is None else nullcontext()
             with meter:
-                x = gen.generate(ref.noise[a:b], ref.labels[a:b], ref.seeds[a:b])
+                x = gen.generate(ref.noise[a:b], select(ref.cond, slice(a, b)), seeds[a:b])
             if peak is None:
                 peak = meter
             parts.append((a, x.detach().float().cpu().numpy()))
@@ -509,9 +439,9 @@ def _run_row(
     x = torch.from_numpy(np.concatenate([p for _, p in sorted(parts, key=lambda t: t[0])]))
     # timing on the main process only: warm-up, then the median of repeats
     k = min(s.timing_batch, s.samples)
-    noise, labels, seeds = ref.noise[:k], ref.labels[:k], ref.seeds[:k]
+    noise, cond = ref.noise[:k], select(ref.cond, slice(0, k))
     timing = time_call(
-        lambda: gen.generate(noise, labels, seeds),
+        lambda: gen.generate(noise, cond, seeds[:k]),
         device=ctx.device,
         warmup=s.warmup,
         repeats=s.repeats,
@@ -551,45 +481,3 @@ def _add_ratios(results: dict[str, Any]) -> None:
         rec["fdd_vs_reference"] = (
             rec["fdd"] / ref_fdd if rec.get("fdd") is not None and ref_fdd else None
         )
-
-
-class _Progress:
-    """rich progress bars, or nothing."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.p = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self.p = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-            )
-
-    def __enter__(self) -> _Progress:
-        if self.p is not None:
-            self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.p is not None:
-            self.p.__exit__(*exc)
-
-    def add(self, name: str, total: int) -> Any:
-        return self.p.add_task(name, total=total) if self.p is not None else None
-
-    def advance(self, task: Any, n: int = 1) -> None:
-        if self.p is not None:
-            self.p.advance(task, n)
-
-    def remove(self, task: Any) -> None:
-        if self.p is not None:
-            self.p.remove_task(task)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from diffspeed.cache.hooks import CACHES, CacheConfig, apply_cache
+from diffspeed.core.contract import cond_to, network_of
 from diffspeed.errors import ConfigError
 
 log = logging.getLogger("diffspeed")
@@ -69,11 +70,14 @@ def _knob(cls: type[CacheConfig]) -> str:
 def _default_noise(den: Any, n: int, seed: int) -> torch.Tensor:
     from diffspeed.solvers import seeded_noise
 
-    cfg = getattr(den.model, "config", None)
-    size, ch = getattr(cfg, "sample_size", None), getattr(cfg, "in_channels", None)
-    if not isinstance(size, int) or not isinstance(ch, int):
-        raise ConfigError("calibrate could not infer the sample shape; pass noise=[B, C, H, W]")
-    return seeded_noise(range(seed, seed + n), (ch, size, size))
+    shape = den.cond_spec.sample_shape
+    if shape is None:
+        cfg = getattr(network_of(den), "config", None)
+        size, ch = getattr(cfg, "sample_size", None), getattr(cfg, "in_channels", None)
+        if not isinstance(size, int) or not isinstance(ch, int):
+            raise ConfigError("calibrate could not infer the sample shape; pass noise=[B, C, H, W]")
+        shape = (ch, size, size)
+    return seeded_noise(range(seed, seed + n), tuple(shape))
 
 
 def calibrate(
@@ -99,8 +103,10 @@ def calibrate(
         method: a cache method name (``"deepcache"``, ``"fora"``, ``"teacache"``, ...).
         target_psnr: required PSNR (dB) of the cached output against the uncached one.
         solver, steps, schedule: the sampler the cache will be used with.
-        noise: calibration noise ``[B, ...]`` (default: ``n`` samples from seeds ``seed..``).
-        cond: conditioning for the calibration batch (e.g. ``{"class_labels": y}``).
+        noise: calibration noise ``[B, ...]`` (default: ``n`` samples from seeds ``seed..``
+            of the model's sample shape).
+        cond: conditioning for the calibration batch (default: the model's example
+            conditions, ``cond_spec.example_cond(B)``).
         candidates: values to try (default: intervals 2..10 or thresholds 0.01..1.2).
         fixed: other config fields (e.g. ``{"branch": 1}``); TeaCache ``coefficients`` are
             fitted here when not given.
@@ -118,6 +124,8 @@ def calibrate(
     fixed = dict(fixed or {})
     if noise is None:
         noise = _default_noise(denoiser, n, seed)
+    if cond is None:
+        cond = cond_to(denoiser.cond_spec.example_cond(noise.shape[0]), noise.device)
 
     def run() -> torch.Tensor:
         return sample(denoiser, noise, solver, steps, schedule, cond=cond)

@@ -33,14 +33,9 @@ def _teacher(args: argparse.Namespace):
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    import torch
-
     from diffspeed.cache import calibrate
-    from diffspeed.cache.calibrate import CALIBRATION_SEED
-    from diffspeed.solvers import seeded_noise
 
     den = _teacher(args)
-    noise = seeded_noise(range(CALIBRATION_SEED, CALIBRATION_SEED + args.n), (1, 8, 8))
     res = calibrate(
         den,
         args.method,
@@ -48,8 +43,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         solver=args.solver,
         steps=args.steps,
         schedule=args.schedule,
-        noise=noise,
-        cond={"class_labels": torch.arange(args.n) % 10},
+        n=args.n,
         fixed=json.loads(args.fixed),
     )
     print("| value | PSNR dB | full evals |")
@@ -70,16 +64,16 @@ def _sample(args: argparse.Namespace) -> int:
     from diffspeed.cache import config_from_dict
     from diffspeed.commands import parse_labels
     from diffspeed.eval.images import save_grid
+    from diffspeed.models.teacher import label_cond
 
     den = _teacher(args)
     text = Path(args.config).read_text() if args.config.endswith(".json") else args.config
     cfg = config_from_dict(text)
     y = torch.tensor(parse_labels(args.labels)).repeat_interleave(args.per_label)
-    noise = diffspeed.seeded_noise(range(args.seed, args.seed + len(y)), (1, 8, 8))
+    shape = den.cond_spec.sample_shape
+    noise = diffspeed.seeded_noise(range(args.seed, args.seed + len(y)), shape)
     with diffspeed.apply_cache(den, cfg) as handle:
-        x = diffspeed.sample(
-            den, noise, args.solver, args.steps, args.schedule, cond={"class_labels": y}
-        )
+        x = diffspeed.sample(den, noise, args.solver, args.steps, args.schedule, cond=label_cond(y))
         stats = handle.stats
     title = f"{cfg.method} {args.solver} {args.steps} steps: {stats['full']}/{stats['evals']} full"
     save_grid(x, args.out, nrow=args.per_label, title=title)

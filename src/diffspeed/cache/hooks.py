@@ -9,11 +9,17 @@ A cache is installed with :func:`apply_cache` and returns a :class:`CacheHandle`
 * it is a step listener (:mod:`diffspeed.core.steps`): ``diffspeed.sample`` calls
   ``start_run(total_steps)``, ``set_step(ctx)`` before every network evaluation and
   ``end_run()``; per-run state (cached features, history) is reset at both ends of a run;
-* without ``diffspeed.sample`` (e.g. inside a diffusers pipeline) the handle infers the step
-  from the calls to the top-level forward: each call is the next evaluation, and a call whose
-  ``timestep`` is larger than the previous one starts a new run (denoising always goes from
-  high to low noise). Call :meth:`CacheHandle.start_run` yourself to give the total number of
-  steps (the non-uniform DeepCache schedule needs it).
+* installed on a diffusers pipeline (``apply_cache(pipe, config)``), the handle follows the
+  pipeline's scheduler: every pipeline call sets its timesteps, which starts a new run with
+  the run's number of evaluations (exact run boundaries, also for schedulers that evaluate
+  twice at one timestep);
+* installed on a bare network and called without ``diffspeed.sample`` (your own loop, or a
+  pipeline's ``unet``), the handle infers the step from the calls to the top-level forward:
+  each call is the next evaluation, and a call whose ``timestep`` does not decrease starts a
+  new run (denoising always goes from high to low noise, so two separate one-step calls never
+  share features; a second-order scheduler's repeated timestep then computes in full). Call
+  :meth:`CacheHandle.start_run` yourself to give the total number of steps (the non-uniform
+  DeepCache schedule needs it).
 
 Data-dependent decisions (first-block and TeaCache thresholds, condition equality, reading the
 timestep) run in functions decorated with ``torch.compiler.disable``: under ``torch.compile``
@@ -31,6 +37,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from diffspeed.configs import dataclass_from_dict
+from diffspeed.core.contract import network_of
 from diffspeed.core.steps import StepContext, attach_listener, detach_listener
 from diffspeed.errors import ConfigError, UnsupportedModelError
 from diffspeed.registry import Registry
@@ -101,17 +109,7 @@ def config_from_dict(data: dict[str, Any] | str) -> CacheConfig:
         raise ConfigError('a cache config dict needs a "method" key, e.g. {"method": "deepcache"}')
     fields = dict(data)
     cls = CACHES[fields.pop("method")]
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - names)
-    if unknown:
-        raise ConfigError(
-            f"cache method {cls.method!r} has no field(s) {unknown}; it accepts: "
-            f"{', '.join(sorted(names)) or 'no fields'}"
-        )
-    for f in dataclasses.fields(cls):
-        if isinstance(fields.get(f.name), list):
-            fields[f.name] = tuple(fields[f.name])
-    return cls(**fields)
+    return dataclass_from_dict(cls, fields, f"cache method {cls.method!r}")
 
 
 def check_interval(name: str, value: Any) -> None:
@@ -131,31 +129,38 @@ def check_threshold(name: str, value: Any) -> None:
 # --- forward wrapping ----------------------------------------------------------------------
 
 
+def wrap_method(
+    obj: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> Callable[[], None]:
+    """Shadow the method ``obj.name`` with ``make(original)``; return the undo function.
+
+    The wrapper is an instance attribute; undoing deletes it (or restores a previous instance
+    attribute, e.g. one installed by another tool), so nothing is left behind.
+    """
+    had = name in obj.__dict__
+    previous = obj.__dict__.get(name)
+    wrapper = make(getattr(obj, name))
+    setattr(obj, name, wrapper)
+
+    def undo() -> None:
+        if obj.__dict__.get(name) is not wrapper:
+            raise ConfigError(
+                f"the {name} of {type(obj).__name__} was replaced after the cache was "
+                "installed; remove caches (and other wrappers) in reverse order"
+            )
+        if had:
+            setattr(obj, name, previous)
+        else:
+            del obj.__dict__[name]
+
+    return undo
+
+
 def wrap_forward(
     module: nn.Module, make: Callable[[Callable[..., Any]], Callable[..., Any]]
 ) -> Callable[[], None]:
-    """Shadow ``module.forward`` with ``make(original_forward)``; return the undo function.
-
-    The wrapper is an instance attribute; undoing deletes it (or restores a previous instance
-    ``forward``, e.g. one installed by another tool), so nothing is left behind.
-    """
-    had = "forward" in module.__dict__
-    previous = module.__dict__.get("forward")
-    wrapper = make(module.forward)
-    module.forward = wrapper
-
-    def undo() -> None:
-        if module.__dict__.get("forward") is not wrapper:
-            raise ConfigError(
-                f"the forward of {type(module).__name__} was replaced after the cache was "
-                "installed; remove caches (and other forward wrappers) in reverse order"
-            )
-        if had:
-            module.forward = previous
-        else:
-            del module.__dict__["forward"]
-
-    return undo
+    """Shadow ``module.forward`` with ``make(original_forward)``; see :func:`wrap_method`."""
+    return wrap_method(module, "forward", make)
 
 
 def rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -218,6 +223,8 @@ class CacheHandle:
         self._index = -1
         self._last_t: float | None = None
         self._sampler_run = False
+        self._scheduled = False
+        self._undo_scheduler: Callable[[], None] | None = None
         self._timestep_pos = adapter.timestep_pos
         self._hook = model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
         attach_listener(model, self)
@@ -242,6 +249,28 @@ class CacheHandle:
         self._total = self._expected = 0
         self.runtime.reset()
 
+    # --- a pipeline's scheduler ------------------------------------------------------------
+    def follow_scheduler(self, scheduler: Any) -> None:
+        """Start a new run whenever ``scheduler.set_timesteps`` runs (every pipeline call).
+
+        The run's evaluations are the scheduler's timesteps; undone by :meth:`remove`.
+        """
+        if self._undo_scheduler is not None:
+            raise ConfigError("this cache already follows a scheduler")
+
+        def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+            def set_timesteps(*args: Any, **kwargs: Any) -> Any:
+                out = orig(*args, **kwargs)
+                evals = len(scheduler.timesteps)
+                steps = getattr(scheduler, "num_inference_steps", None) or evals
+                self.start_run(int(steps), evals)
+                self._sampler_run, self._scheduled = False, True
+                return out
+
+            return set_timesteps
+
+        self._undo_scheduler = wrap_method(scheduler, "set_timesteps", make)
+
     # --- inferred steps (no sampler) -------------------------------------------------------
     @torch.compiler.disable
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -251,10 +280,9 @@ class CacheHandle:
             if t is None and len(args) > self._timestep_pos:
                 t = args[self._timestep_pos]
             t = float(torch.as_tensor(t).max()) if t is not None else None
-            if not self._sampler_run and (
-                t is not None and self._last_t is not None and t > self._last_t
-            ):
-                log.debug("cache: timestep went up (%s -> %s), starting a new run", self._last_t, t)
+            inferred = not (self._sampler_run or self._scheduled)
+            if inferred and t is not None and self._last_t is not None and t >= self._last_t:
+                log.debug("cache: timestep did not decrease (%s -> %s): a new run", self._last_t, t)
                 self._index, self._total, self._expected = -1, 0, 0
                 self.runtime.reset()
             self._last_t = t
@@ -270,6 +298,9 @@ class CacheHandle:
             return
         self.runtime.uninstall()
         self.runtime.reset()
+        if self._undo_scheduler is not None:
+            self._undo_scheduler()
+            self._undo_scheduler = None
         self._hook.remove()
         detach_listener(self.model, self)
         self.installed = False
@@ -300,8 +331,8 @@ def resolve_module(model: Any) -> nn.Module:
 
     if isinstance(model, nn.Module) and find_adapter(model) is not None:
         return model
-    inner = getattr(model, "model", None)
-    if isinstance(inner, nn.Module):
+    inner = network_of(model)
+    if isinstance(inner, nn.Module) and inner is not model:
         return resolve_module(inner)
     if isinstance(model, nn.Module):
         return model
@@ -310,13 +341,24 @@ def resolve_module(model: Any) -> nn.Module:
     )
 
 
+def _pipeline_network(model: Any) -> nn.Module | None:
+    """The denoising network of a diffusers pipeline (None when ``model`` is none)."""
+    if not (hasattr(model, "components") and hasattr(model, "scheduler")):
+        return None
+    net = getattr(model, "unet", None) or getattr(model, "transformer", None)
+    return net if isinstance(net, nn.Module) else None
+
+
 def apply_cache(model: Any, config: CacheConfig | dict[str, Any]) -> CacheHandle:
     """Install a feature cache on ``model`` and return its removable :class:`CacheHandle`.
 
     Args:
         model: a supported diffusers model (``UNet2DModel``, ``UNet2DConditionModel``,
             ``DiTTransformer2DModel``, ``PixArtTransformer2DModel``, ``SD3Transformer2DModel``,
-            ``FluxTransformer2DModel``) or a diffspeed denoiser wrapping one (its ``.model``).
+            ``FluxTransformer2DModel``), a diffspeed denoiser wrapping one (its ``.model``),
+            or a diffusers pipeline holding one (``pipe.unet`` / ``pipe.transformer``; the
+            cache then starts afresh at every pipeline call, see
+            :meth:`CacheHandle.follow_scheduler`).
         config: a cache config (``DeepCache(interval=3)``, ``FORA(...)``, ...) or its dict.
 
     Raises:
@@ -333,5 +375,10 @@ def apply_cache(model: Any, config: CacheConfig | dict[str, Any]) -> CacheHandle
             f"apply_cache needs a cache config (e.g. diffspeed.cache.DeepCache(interval=3)), "
             f"got {type(config).__name__}; known methods: {', '.join(CACHES.names())}"
         )
-    module = resolve_module(model)
-    return CacheHandle(module, config, adapter_for(module, config))
+    network = _pipeline_network(model)
+    pipeline = model if network is not None else None
+    module = resolve_module(network if network is not None else model)
+    handle = CacheHandle(module, config, adapter_for(module, config))
+    if pipeline is not None:
+        handle.follow_scheduler(pipeline.scheduler)
+    return handle

@@ -5,12 +5,14 @@ into the one denoiser contract. Each adapter's whole job is the scalings of the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
-from diffspeed.core.denoiser import Denoiser
+from diffspeed.core.contract import CondSpec
+from diffspeed.core.denoiser import Denoiser, network_output
 from diffspeed.errors import ConfigError, ShapeError, unknown_name
 
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
@@ -222,12 +224,148 @@ def wrap(
     return DiscreteVPDenoiser(fn, alphas_cumprod, prediction, check_finite=check_finite)
 
 
-def from_diffusers(unet: torch.nn.Module, scheduler: Any, **kwargs: Any) -> DiscreteVPDenoiser:
+#: diffusers' argument names for the conditioning its models take.
+CLASS_LABELS = "class_labels"
+TEXT_EMBEDDINGS = "encoder_hidden_states"
+ADDED_COND = "added_cond_kwargs"
+
+#: ``learned_sigma`` values of :func:`from_diffusers`.
+LEARNED_SIGMA = ("split",)
+
+
+class SplitLearnedSigma(nn.Module):
+    """A learned-sigma network seen without its variance output.
+
+    Models trained with a learned variance (improved DDPM, the official DiT checkpoints)
+    return ``2 C`` channels for a ``C``-channel input: the prediction, then the variance
+    interpolation. A deterministic denoiser needs only the prediction, the first half.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
+        """The first ``C`` output channels of ``net(x, t, **cond)``."""
+        out = network_output(self.net(x, t, **cond))
+        return out[:, : out.shape[1] // 2]
+
+
+def _config(model: nn.Module) -> dict[str, Any]:
+    return dict(getattr(model, "config", None) or {})
+
+
+def _sample_shape(cfg: Mapping[str, Any]) -> tuple[int, ...] | None:
+    size, channels = cfg.get("sample_size"), cfg.get("in_channels")
+    if channels is None or size is None:
+        return None
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    return (int(channels), *(int(v) for v in hw))
+
+
+def _class_examples(num_classes: int, uncond: Mapping[str, Any]):
+    """Example class labels cycling through the classes, skipping a scalar null class."""
+    null = uncond.get(CLASS_LABELS)
+    classes = torch.arange(num_classes)
+    if null is not None and torch.as_tensor(null).ndim == 0:
+        classes = classes[classes != int(null)]
+
+    def examples(n: int) -> dict[str, torch.Tensor]:
+        return {CLASS_LABELS: classes[torch.arange(n) % len(classes)]}
+
+    return examples
+
+
+def infer_cond_spec(model: nn.Module, uncond: Mapping[str, Any] | None = None) -> CondSpec:
+    """The conditioning spec of a diffusers model, read from its config.
+
+    - ``UNet2DModel``: ``class_labels`` when it has class embeddings (``num_class_embeds``
+      or ``class_embed_type``), else unconditional; the null class is unknown unless given.
+    - ``UNet2DConditionModel``: ``encoder_hidden_states`` (batch dim 0), plus
+      ``class_labels`` / ``added_cond_kwargs`` when its config adds them; the uncond (the
+      empty prompt's embeddings) is unknown unless given.
+    - DiT (``DiTTransformer2DModel``, ``Transformer2DModel`` with ``ada_norm_zero``):
+      ``class_labels``, uncond the extra class ``num_embeds_ada_norm`` its label embedding
+      learns by label dropout (what ``DiTPipeline`` passes).
+    - other models (SD3, Flux, PixArt, ...): keys undeclared (any ``cond`` passes).
+
+    Class-conditional specs come with example conditions cycling through the classes (the
+    null class skipped); ``sample_shape`` is ``(in_channels, sample_size, sample_size)``.
+    """
+    cfg = _config(model)
+    name = type(model).__name__
+    given = dict(uncond or {})
+    keys: tuple[str, ...] | None = None
+    default_uncond: dict[str, Any] = {}
+    num_classes = 0
+    if name == "UNet2DModel":
+        num_classes = int(cfg.get("num_class_embeds") or 0)
+        has_classes = bool(num_classes or cfg.get("class_embed_type"))
+        keys = (CLASS_LABELS,) if has_classes else ()
+    elif name == "UNet2DConditionModel":
+        num_classes = int(cfg.get("num_class_embeds") or 0)
+        keys = (TEXT_EMBEDDINGS,)
+        if num_classes or cfg.get("class_embed_type"):
+            keys += (CLASS_LABELS,)
+        if cfg.get("addition_embed_type"):
+            keys += (ADDED_COND,)
+    elif cfg.get("norm_type") == "ada_norm_zero" and cfg.get("num_embeds_ada_norm"):
+        num_classes = int(cfg["num_embeds_ada_norm"])
+        keys = (CLASS_LABELS,)
+        default_uncond = {CLASS_LABELS: torch.tensor(num_classes)}
+    if keys is not None:
+        unknown = sorted(set(given) - set(keys))
+        if unknown:
+            raise ConfigError(
+                f"uncond names {unknown}, which {name} does not take; its cond keys are "
+                f"{list(keys)}"
+            )
+    merged = {**default_uncond, **given}
+    return CondSpec(
+        keys=keys,
+        uncond=merged if keys is not None else (merged or None),
+        batch_dims={k: 0 for k in keys or ()},
+        sample_shape=_sample_shape(cfg),
+        examples=_class_examples(num_classes, merged) if num_classes else None,
+    )
+
+
+def _learned_sigma(model: nn.Module, learned_sigma: str | None) -> bool:
+    if learned_sigma is not None:
+        if learned_sigma not in LEARNED_SIGMA:
+            raise unknown_name("learned_sigma", learned_sigma, LEARNED_SIGMA)
+        return True
+    cfg = _config(model)
+    cin = cfg.get("in_channels")
+    cout = cfg.get("out_channels") or cin
+    return cin is not None and cout == 2 * cin
+
+
+def from_diffusers(
+    unet: torch.nn.Module,
+    scheduler: Any,
+    *,
+    cond_spec: CondSpec | None = None,
+    uncond: Mapping[str, Any] | None = None,
+    learned_sigma: str | None = None,
+    **kwargs: Any,
+) -> DiscreteVPDenoiser:
     """Denoiser for a diffusers UNet/transformer and the scheduler it was trained with.
 
     Reads ``prediction_type`` and the betas (``alphas_cumprod``) from the scheduler. Any
     ``cond`` passed to the denoiser (``encoder_hidden_states``, ``class_labels``,
     ``added_cond_kwargs``, ...) goes to the model's forward unchanged.
+
+    Args:
+        unet: the diffusers model (``UNet2DModel``, ``UNet2DConditionModel``, a transformer).
+        scheduler: a discrete-time VP diffusers scheduler built from the model's config.
+        cond_spec: the conditioning spec; default: read from the model's config
+            (:func:`infer_cond_spec`).
+        uncond: the unconditional inputs, e.g. ``{"encoder_hidden_states": empty_prompt}``
+            or ``{"class_labels": null_class}`` (merged into the inferred spec).
+        learned_sigma: ``"split"`` keeps the first half of the output channels of a
+            learned-variance model (``out_channels == 2 * in_channels``, as in the official
+            DiT checkpoints); detected from the config when not given.
     """
     ac = getattr(scheduler, "alphas_cumprod", None)
     if ac is None:
@@ -238,7 +376,14 @@ def from_diffusers(unet: torch.nn.Module, scheduler: Any, **kwargs: Any) -> Disc
     prediction = scheduler.config.get("prediction_type", "epsilon")
     if not isinstance(unet, torch.nn.Module):
         raise ShapeError(f"from_diffusers expects a torch module, got {type(unet).__name__}")
-    return DiscreteVPDenoiser(unet, torch.as_tensor(ac), prediction, **kwargs)
+    if cond_spec is not None and uncond is not None:
+        raise ConfigError("give cond_spec or uncond, not both (a spec carries its own uncond)")
+    spec = cond_spec if cond_spec is not None else infer_cond_spec(unet, uncond)
+    net = SplitLearnedSigma(unet) if _learned_sigma(unet, learned_sigma) else unet
+    den = DiscreteVPDenoiser(net, torch.as_tensor(ac), prediction, **kwargs)
+    den.model = unet  # caches and digests reach the diffusers model, not the split
+    den.cond_spec = spec
+    return den
 
 
 def vp_continuous(

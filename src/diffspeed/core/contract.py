@@ -172,3 +172,35 @@ def innermost(denoiser: Any) -> Any:
 def network_of(denoiser: Any) -> torch.nn.Module | None:
     """The network module under any depth of wrappers (``None`` for a plain function)."""
     return getattr(innermost(denoiser), "model", None)
+
+
+def check_inputs(denoiser: Any, noise: torch.Tensor, cond: Mapping[str, Any] | None) -> None:
+    """Refuse a sampling call whose noise or ``cond`` does not fit the denoiser's spec.
+
+    Checks the ``cond`` keys and per-key sample counts (:meth:`CondSpec.check`) and, when the
+    spec knows it, the sample shape against ``noise.shape[1:]``. A denoiser without a spec
+    (a plain function) is not checked.
+
+    Raises:
+        ShapeError: noise that is not ``[B, ...]`` of the model's sample shape, or a ``cond``
+            value with another number of samples.
+        ConfigError: missing or unknown ``cond`` keys.
+    """
+    spec = getattr(denoiser, "cond_spec", UNDECLARED)
+    if not isinstance(noise, torch.Tensor) or noise.ndim < 2:
+        raise ShapeError(
+            f"noise must be a [B, ...] tensor, got {type(noise).__name__} "
+            f"{tuple(getattr(noise, 'shape', ()))}"
+        )
+    want = None if spec.sample_shape is None else tuple(spec.sample_shape)
+    if want is not None and tuple(noise.shape[1:]) != want:
+        raise ShapeError(
+            f"noise has sample shape {tuple(noise.shape[1:])} but the model takes {want}; "
+            f"draw noise of shape [B, {', '.join(map(str, want))}]"
+        )
+    spec.check(cond or {}, noise.shape[0])
+
+
+def cond_to(cond: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """``cond`` with every tensor value moved to ``device`` (other values unchanged)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}

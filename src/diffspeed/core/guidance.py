@@ -10,31 +10,35 @@ from typing import Any
 
 import torch
 
+from diffspeed.core.contract import UNDECLARED
 from diffspeed.core.denoiser import Denoiser, DenoiserWrapper
 from diffspeed.errors import ConfigError, ShapeError
 
 
-def _batch_of(value: Any, batch: int) -> Any:
-    """Broadcast an uncond value (scalar, batch-1 or batch-B tensor, nested dict) to ``batch``."""
+def _batch_of(value: Any, batch: int, dim: int = 0) -> Any:
+    """Broadcast an uncond value (scalar, batch-1 or batch-B tensor, nested dict) to ``batch``
+    samples along its sample dimension ``dim``."""
     if isinstance(value, dict):
-        return {k: _batch_of(v, batch) for k, v in value.items()}
+        return {k: _batch_of(v, batch, dim) for k, v in value.items()}
     t = torch.as_tensor(value)
     if t.ndim == 0:
         return t.expand(batch)
-    if t.shape[0] == 1 and batch != 1:
-        return t.expand(batch, *t.shape[1:])
-    if t.shape[0] != batch:
-        raise ShapeError(f"an uncond tensor has batch {t.shape[0]}; expected 1 or {batch}")
+    if t.shape[dim] == 1 and batch != 1:
+        shape = list(t.shape)
+        shape[dim] = batch
+        return t.expand(*shape)
+    if t.shape[dim] != batch:
+        raise ShapeError(f"an uncond tensor has batch {t.shape[dim]}; expected 1 or {batch}")
     return t
 
 
-def _cat(a: Any, b: Any) -> Any:
+def _cat(a: Any, b: Any, dim: int = 0) -> Any:
     if isinstance(a, dict):
-        return {k: _cat(a[k], b[k]) for k in a}
+        return {k: _cat(a[k], b[k], dim) for k in a}
     if a is None or isinstance(a, bool | str):
         return a
     a, b = torch.as_tensor(a), torch.as_tensor(b)
-    return torch.cat([a, b.to(device=a.device, dtype=a.dtype)])
+    return torch.cat([a, b.to(device=a.device, dtype=a.dtype)], dim=dim)
 
 
 class GuidedDenoiser(DenoiserWrapper):
@@ -71,10 +75,12 @@ class GuidedDenoiser(DenoiserWrapper):
         if missing:
             raise ConfigError(f"guidance: cond is missing {missing}, which uncond names")
         sigma = self.inner.check_sigma(sigma, b)
+        dim = getattr(self.inner, "cond_spec", UNDECLARED).batch_dim
         cond_u = {
-            k: _batch_of(self.uncond[k], b) if k in self.uncond else v for k, v in cond.items()
+            k: _batch_of(self.uncond[k], b, dim(k)) if k in self.uncond else v
+            for k, v in cond.items()
         }
-        both = {k: _cat(cond[k], cond_u[k]) for k in cond}
+        both = {k: _cat(cond[k], cond_u[k], dim(k)) for k in cond}
         d_c, d_u = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), **both).chunk(2)
         w = torch.as_tensor(self.scale, dtype=d_c.dtype, device=d_c.device)
         if w.ndim == 1:

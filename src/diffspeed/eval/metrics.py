@@ -14,16 +14,17 @@ import torch
 from scipy import linalg
 
 from diffspeed.errors import ShapeError
+from diffspeed.models.digits import IMAGE_SHAPE
 
 #: Images are clamped to the data range before any metric sees them.
 DATA_RANGE = (-1.0, 1.0)
 
 
 def _check_images(x: torch.Tensor, name: str = "images") -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
         raise ShapeError(
-            f"{name} must be a [N, 1, 8, 8] tensor (digits in [-1, 1]), got "
-            f"{tuple(getattr(x, 'shape', ()))}"
+            f"{name} must be a [N, {', '.join(map(str, IMAGE_SHAPE))}] tensor (digits in "
+            f"[-1, 1]), got {tuple(getattr(x, 'shape', ()))}"
         )
     return x.detach().float().cpu().clamp(*DATA_RANGE)
 
@@ -36,7 +37,7 @@ def _classifier():
 
 
 def features(images: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-    """Classifier penultimate features ``[N, 128]`` (float64) of ``[N, 1, 8, 8]`` images."""
+    """Classifier penultimate features ``[N, 128]`` (float64) of ``[N, C, H, W]`` digits."""
     x = _check_images(images)
     net = _classifier()
     with torch.inference_mode():

@@ -7,6 +7,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+#: Shape ``(C, H, W)`` of one digit image.
+IMAGE_SHAPE = (1, 8, 8)
+#: Number of digit classes (labels ``0 .. 9``).
+NUM_CLASSES = 10
+
 #: Fixed seed of the stratified train / held-out split used by the classifier and FDD floor.
 SPLIT_SEED = 0
 HELD_OUT_FRACTION = 0.3

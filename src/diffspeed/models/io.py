@@ -195,3 +195,38 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], s
         )
         raise WeightsError(f"{source} does not match the model's config: {detail}")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+
+def _module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and persistent buffer of ``module`` once (shared tensors deduplicated)."""
+    out = dict(module.named_parameters())
+    persistent = set(module.state_dict())
+    out.update({k: b for k, b in module.named_buffers() if k in persistent})
+    return out
+
+
+def weights_digest(module: Any) -> str | None:
+    """Short sha256 of a module's weights: what identifies a model in caches and run manifests.
+
+    Hashes, in name order, each parameter's and persistent buffer's name and raw bytes in its
+    own dtype (an fp16 copy has another digest than its fp32 original; the device does not
+    matter). ``None`` for something that is not a module (a plain function has no weights).
+    """
+    if not isinstance(module, torch.nn.Module):
+        return None
+    h = hashlib.sha256()
+    for k, v in sorted(_module_tensors(module).items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def param_bytes(module: Any) -> int:
+    """Bytes of a module's parameters and buffers, each shared tensor once (0 for a non-module).
+
+    The in-memory size of the weights a method runs: an int8-quantized or fp16 model counts
+    at its storage dtype.
+    """
+    if not isinstance(module, torch.nn.Module):
+        return 0
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return int(sum(t.numel() * t.element_size() for t in tensors.values()))

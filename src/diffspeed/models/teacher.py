@@ -11,6 +11,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from diffspeed.core.adapters import DiscreteVPDenoiser
 from diffspeed.core.contract import CondSpec
 from diffspeed.core.guidance import GuidedDenoiser, guidance
 from diffspeed.errors import ConfigError, WeightsError
+from diffspeed.models.digits import IMAGE_SHAPE, NUM_CLASSES
 from diffspeed.models.io import (
     atomic_write_json,
     load_state_into,
@@ -31,8 +33,8 @@ from diffspeed.models.io import (
 log = logging.getLogger("diffspeed")
 
 ASSETS = Path(__file__).parent / "assets"
-NUM_CLASSES = 10
-NULL_LABEL = 10
+#: The class index the teacher learned as "no label" (classifier-free guidance's uncond).
+NULL_LABEL = NUM_CLASSES
 
 #: Architecture of the shipped teacher (diffusers ``UNet2DModel`` kwargs).
 UNET_CONFIG: dict[str, Any] = {
@@ -135,9 +137,19 @@ def digits_cond_spec(null_label: int = NULL_LABEL) -> CondSpec:
     return CondSpec(
         keys=("class_labels",),
         uncond={"class_labels": torch.tensor(null_label)},
-        sample_shape=(1, 8, 8),
+        sample_shape=IMAGE_SHAPE,
         examples=examples,
     )
+
+
+def label_cond(labels: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
+    """The teacher's ``cond`` for digit ``labels [B]`` (one class per sample)."""
+    return {"class_labels": torch.as_tensor(labels)}
+
+
+def cond_labels(cond: Mapping[str, Any]) -> torch.Tensor:
+    """The digit labels ``[B]`` of a teacher ``cond`` (the inverse of :func:`label_cond`)."""
+    return torch.as_tensor(cond["class_labels"])
 
 
 def guided_teacher(

@@ -43,16 +43,17 @@ def _tune(args: argparse.Namespace) -> int:
     if guidance != 1.0:
         den = guided_teacher(guidance, den)
     seeds = [CALIBRATION_SEED_BASE + i for i in range(args.calib_n)]
-    noise = seeded_noise(seeds, (1, 8, 8))
-    labels = torch.arange(args.calib_n) % 10
+    noise = seeded_noise(seeds, den.cond_spec.sample_shape)
+    cond = den.cond_spec.example_cond(args.calib_n)
     opts = json.loads(args.solver_options) if args.solver_options else None
     res = tune_schedule(
-        den, noise, args.solver, args.steps, cond={"class_labels": labels}, method=args.method,
+        den, noise, args.solver, args.steps, cond=cond, method=args.method,
         base=args.base, rounds=args.rounds, solver_options=opts, free_start=not args.fixed_start,
     )  # fmt: skip
     doc = res.to_json()
     doc["calibration"] = {
-        "n": args.calib_n, "seeds": f"{CALIBRATION_SEED_BASE} + i", "labels": "i % 10",
+        "n": args.calib_n, "seeds": f"{CALIBRATION_SEED_BASE} + i",
+        "cond": "the model's example conditions (cond_spec.example_cond(n))",
         "guidance": guidance,
     }  # fmt: skip
     atomic_write_json(Path(args.out), doc)
