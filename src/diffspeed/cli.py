@@ -17,7 +17,6 @@ COMMAND_MODULES = (
     "diffspeed.solvers.cli",
     "diffspeed.distill.cli",
     "diffspeed.cache.cli",
-    "diffspeed.distill.consistency_cli",
 )
 
 

@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from diffspeed.distill import TrainConfig, TrainData
+import diffspeed
+from diffspeed.distill import LCMLoRA, TrainConfig
 from diffspeed.distill.consistency import (
     Boundary,
     ConsistencyDenoiser,
@@ -13,7 +14,7 @@ from diffspeed.distill.consistency import (
     consistency_student,
 )
 from diffspeed.distill.lcm_kd import LCMKD, LCMKDLoss
-from diffspeed.distill.lora import LoRA, load_lora, train_lcm_lora
+from diffspeed.distill.lora import LoRA, load_lora
 from diffspeed.distill.students import make_student, save_student
 from diffspeed.errors import ConfigError, WeightsError
 
@@ -65,14 +66,14 @@ def test_lora_fitted_to_an_lcm_approaches_it(tmp_path, tiny_teacher):
     y = torch.arange(64) % 10
     # an untrained adapter leaves the teacher as it is: the gap to close
     before = _gap(ConsistencyDenoiser(tiny_teacher, cfg.boundary), source, labels)
-    out = train_lcm_lora(
+    out = diffspeed.distill(
         tiny_teacher,
-        LCMKDLoss(cfg),
-        LoRA(4, 4),
-        TrainConfig(steps=60, batch_size=32, lr=1e-2, warmup=5, ema_decay=0.0),
-        tmp_path / "run",
-        data=TrainData(x0, {"class_labels": y}),
+        LCMLoRA(guidance=1.25, metric="l2", rank=4, alpha=4, from_lcm=str(path)),
+        train=TrainConfig(steps=60, batch_size=32, lr=1e-2, warmup=5, ema_decay=0.0),
+        out=tmp_path / "run",
+        data=(x0, {"class_labels": y}),
     )
+    assert out == tmp_path / "run" / "lora"
     after = _gap(load_lora(out, tiny_teacher), source, labels)
     assert after < 0.75 * before, (before, after)  # 2.93 -> 1.74 when written
 

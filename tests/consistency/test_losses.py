@@ -58,7 +58,7 @@ def test_cd_loss_decreases_on_gaussian_toy(tmp_path):
     student = ConsistencyDenoiser(DiscreteVPDenoiser(TinyEps(), ac))
     before = _exact_error(student, toy)
     x0 = 0.3 + 0.7 * torch.randn(512, 1, 2, 2, generator=torch.Generator().manual_seed(0))
-    cfg = CD(solver="heun", guidance=1.0, n_start=10, n_end=10, groups=8, metric="l2")
+    cfg = CD(solver="heun", guidance=1.0, n_start=10, n_end=10, strength=1.0, groups=8, metric="l2")
     train(
         student,
         CDLoss(cfg),
@@ -80,9 +80,9 @@ def test_ct_and_lcm_losses_decrease_on_gaussian_toy(tmp_path, method):
     student = ConsistencyDenoiser(DiscreteVPDenoiser(TinyEps(), ac))
     x0 = 0.3 + 0.7 * torch.randn(512, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     if method == "ct":
-        loss = CTLoss(CT(n_start=10, n_end=10, weighting="uniform", metric="l2"))
+        loss = CTLoss(CT(n_start=10, n_end=10, strength=1.0, weighting="uniform", metric="l2"))
     else:
-        loss = LCMLoss(LCM(k=50, w_min=1.0, w_max=1.0, w_embedding=False, groups=8, metric="l2"))
+        loss = LCMLoss(LCM(k=50, strength=1.0, w_range=(1.0, 1.0), groups=8, metric="l2"))
     train(
         student,
         loss,
@@ -129,7 +129,7 @@ def test_distance_and_config_errors():
         CD(metric="l1")
     with pytest.raises(ConfigError):
         CD(solver="no-such-solver")
-    with pytest.raises(ConfigError, match="w_min == w_max"):
-        LCM(w_embedding=False, w_min=1, w_max=3)
+    with pytest.raises(ConfigError, match="w_range"):
+        LCM(w_range=(3.0, 1.0))
     with pytest.raises(ConfigError):
         CT(n_start=5, n_end=3)

@@ -99,7 +99,7 @@ class ExactConsistency(torch.nn.Module):
 def test_anchor_term_is_zero_for_the_exact_consistency_function(tmp_path):
     teacher, toy = _toy_teacher()
     tr = _trajectories(teacher, tmp_path, substeps=16)
-    cfg = LCM(k=50, w_min=1.0, w_max=2.0, metric="l2", anchor=1.0, anchor_top=0.5)
+    cfg = LCM(k=50, strength=1.0, w_range=(1.0, 2.0), metric="l2", anchor=1.0, anchor_top=0.5)
     loss = LCMLoss(cfg, tr)
     grid = timestep_grid(teacher, 50, 1.0)
     exact = loss._anchor(ExactConsistency(toy), grid, _ctx())

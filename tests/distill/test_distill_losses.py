@@ -141,9 +141,21 @@ def test_kd_loss_decreases(tmp_path):
 
 def test_configs_round_trip_and_validate():
     import json
+    from dataclasses import fields
 
+    from diffspeed.distill import DISTILLERS, MethodConfig
+
+    assert DISTILLERS.names() == ["cd", "ct", "guided", "kd", "lcm", "lcm-lora", "progressive"]
     for cfg in (Progressive(teacher_steps=32, final_steps=2), Guided(), KD(student_steps=2)):
         assert type(cfg).from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    for name in DISTILLERS:
+        cls = DISTILLERS[name]
+        cfg = cls()
+        assert isinstance(cfg, MethodConfig) and cfg.method == name
+        assert cls.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+        assert len(fields(cls)) <= 12, name
+    with pytest.raises(ConfigError, match="no field"):
+        KD.from_dict({"student_steps": 2, "steps": 3})
     assert Progressive(teacher_steps=16).rounds() == [8, 4, 2, 1]
     with pytest.raises(ConfigError, match="power of two"):
         Progressive(teacher_steps=12)

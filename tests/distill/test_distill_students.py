@@ -123,9 +123,9 @@ def test_bench_student_row(tmp_path):
     sig = get_sigmas(student, "trailing", 2)
     recipe = Recipe("ddim", tuple(sig.tolist()), 2.0, w_conditioned=True, w_range=(1.0, 4.0))
     path = save_student(tmp_path / "g.safetensors", student, recipe)
-    ctx = BenchContext(None, (1, 8, 8), 10, NULL, 2.0, torch.device("cpu"), 0)
+    ctx = BenchContext(teacher(), (1, 8, 8), 2.0, torch.device("cpu"), 0)
     gen = build_generator(Row(method="student", student=str(path), guidance=3.0), ctx)
-    out = gen.generate(torch.randn(3, 1, 8, 8), torch.arange(3), [0, 1, 2])
+    out = gen.generate(torch.randn(3, 1, 8, 8), {"class_labels": torch.arange(3)}, [0, 1, 2])
     assert out.shape == (3, 1, 8, 8) and gen.nfe == 2 and gen.model_size_bytes > 0
     with pytest.raises(ConfigError, match="samples in 2 steps"):
         build_generator(Row(method="student", student=str(path), steps=4), ctx)
@@ -145,7 +145,7 @@ def test_cli_progressive_guided_kd(tmp_path, capsys):
     from diffspeed.cli import main
 
     t = str(tiny_teacher_file(tmp_path))
-    common = ["--teacher", t, "--batch-size", "8", "--round-steps", "2", "--no-progress"]
+    common = ["--teacher", t, "--batch-size", "8", "--steps", "2", "--no-progress"]
     out = tmp_path / "prog"
     assert main(["distill", "progressive", "--out", str(out), "--teacher-steps", "4", *common]) == 0
     den, recipe = load_student(out / "round-1" / "student.safetensors")
@@ -178,8 +178,6 @@ def test_cli_progressive_guided_kd(tmp_path, capsys):
                 str(out),
                 "--teacher-steps",
                 "2",
-                "--stage1-steps",
-                "2",
                 *common,
             ]
         )
@@ -208,3 +206,29 @@ def test_cli_progressive_guided_kd(tmp_path, capsys):
         == 0
     )
     assert load_student(out / "student.safetensors")[1].steps == 1
+
+
+def test_cli_consistency_methods_ship_and_sample(tmp_path, monkeypatch):
+    import diffspeed.distill.students as students
+    from diffspeed.cli import main
+    from diffspeed.distill.consistency import load_consistency
+    from diffspeed.distill.lora import read_lora
+
+    monkeypatch.setattr(students, "STUDENTS_DIR", tmp_path / "assets")
+    (tmp_path / "assets").mkdir()
+    t = str(tiny_teacher_file(tmp_path))
+    common = ["--teacher", t, "--batch-size", "4", "--steps", "2", "--no-progress"]
+    cd = ["--n-start", "4", "--n-end", "4", "--solver", "ddim", "--ship", "cd"]
+    # the former command name is an alias of distill
+    assert main(["consistency", "cd", "--out", str(tmp_path / "cd"), *cd, *common]) == 0
+    den, recipe = load_consistency(tmp_path / "assets" / "cd.safetensors")
+    assert recipe.solver == "lcm" and den.strength == 0.6
+    out = tmp_path / "lora"
+    assert main(["distill", "lcm-lora", "--out", str(out), "--rank", "2", *common]) == 0
+    _, lora, info = read_lora(out / "lora")
+    assert lora.rank == 2 and info["method"] == "lcm-lora" and info["objective"] == "lcm"
+    png = tmp_path / "s.png"
+    args = ["--student", str(tmp_path / "cd" / "student.safetensors"), "--per-label", "1"]
+    assert main(["distill", "sample", *args, "--steps", "1", "--out", str(png)]) == 0
+    assert png.is_file()
+    assert main(["distill", "lcm", "--out", str(tmp_path / "x"), "--w-range", "3,1", *common]) == 2

@@ -1,7 +1,9 @@
-"""A tiny distillation-loop run for the subprocess tests (multi-process, kill-and-resume).
+"""A tiny ``diffspeed.distill`` run for the subprocess tests (multi-process, kill-and-resume).
 
 usage: python train_script.py OUT_DIR [--steps N] [--kill-at-step K] [--kill-in-checkpoint K]
-(also under ``accelerate launch --num_processes 2 --cpu``). Writes OUT_DIR/final.safetensors.
+(also under ``accelerate launch --num_processes 2 --cpu``). Consistency training (CT) of a
+small MLP denoiser on 4-d points; writes OUT_DIR/final.safetensors (the final checkpoint's
+student and EMA weights).
 """
 
 import argparse
@@ -9,34 +11,36 @@ import os
 import signal
 
 import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 torch.set_num_threads(1)
 
-from diffspeed.distill import TrainConfig, TrainData, train  # noqa: E402
-from diffspeed.distill.trainer import module_tensors  # noqa: E402
+import diffspeed  # noqa: E402
+from diffspeed.core.adapters import DiscreteVPDenoiser  # noqa: E402
+from diffspeed.distill import CT, TrainConfig  # noqa: E402
+from diffspeed.distill import ct as ct_method  # noqa: E402
+from diffspeed.distill.trainer import CHECKPOINT  # noqa: E402
 from diffspeed.models import io  # noqa: E402
+from diffspeed.toy import ddpm_alphas_cumprod  # noqa: E402
 
 
-class TinyDenoiser(nn.Module):
-    """``D(x, sigma) = x / (1 + sigma^2) + MLP(x, log sigma)`` on 4-d points."""
+class TinyEps(ModelMixin, ConfigMixin):
+    """``eps(x_t, t) = MLP(x_t, t / 1000)`` on 4-d points (a diffusers model: students record
+    its config)."""
 
-    def __init__(self) -> None:
+    @register_to_config
+    def __init__(self, dim: int = 4, width: int = 32) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(5, 32), nn.SiLU(), nn.Linear(32, 32), nn.SiLU(), nn.Linear(32, 4)
-        )
+            nn.Linear(dim + 1, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+            nn.Linear(width, dim),
+        )  # fmt: skip
 
-    def forward(self, x, sigma):
-        s = sigma.view(-1, 1).to(x.dtype)
-        return x / (1 + s**2) + self.net(torch.cat([x, s.log()], 1))
-
-
-def denoising_loss(student, teacher, x0, cond, ctx):
-    """Plain x0 regression at log-normal sigmas (draws all randomness from ctx)."""
-    sigma = (ctx.randn() * 1.2 - 1.0).exp()
-    x = x0 + sigma.view(-1, 1) * ctx.randn(4)
-    return (student(x, sigma) - x0).pow(2).mean(1)
+    def forward(self, x, t):
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        return self.net(torch.cat([x, t.view(-1, 1) / 1000], 1))
 
 
 def main() -> None:
@@ -64,15 +68,19 @@ def main() -> None:
 
         io.save_file = dying_save_file
 
-    def loss(student, teacher, x0, cond, ctx):
+    real_loss = ct_method.CTLoss.__call__
+
+    def loss(self, student, teacher, x0, cond, ctx):
         if ctx.step == a.kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)
-        return denoising_loss(student, teacher, x0, cond, ctx)
+        return real_loss(self, student, teacher, x0, cond, ctx)
+
+    ct_method.CTLoss.__call__ = loss
 
     gen = torch.Generator().manual_seed(0)
-    data = TrainData(torch.randn(512, 4, generator=gen) * 0.5 + torch.tensor([1.0, -1, 0.5, 0]))
+    x0 = torch.randn(512, 4, generator=gen) * 0.5 + torch.tensor([1.0, -1, 0.5, 0])
     torch.manual_seed(0)
-    student = TinyDenoiser()
+    teacher = DiscreteVPDenoiser(TinyEps(), ddpm_alphas_cumprod())
     cfg = TrainConfig(
         steps=a.steps,
         batch_size=32,
@@ -83,10 +91,11 @@ def main() -> None:
         checkpoint_every=4,
         log_every=1,
     )
-    res = train(student, loss, cfg, a.out, data=data)
+    method = CT(n_start=11, n_end=11, strength=1.0, metric="l2")
+    diffspeed.distill(teacher, method, train=cfg, out=a.out, data=x0)
     if int(os.environ.get("RANK", "0")) == 0:
-        final = {f"student.{k}": v for k, v in module_tensors(res.student).items()}
-        final.update({f"ema.{k}": v for k, v in module_tensors(res.emas["ema"]).items()})
+        state = io.load_weights(os.path.join(a.out, CHECKPOINT))
+        final = {k: v for k, v in state.items() if k.startswith(("student.", "emas."))}
         io.save_weights(os.path.join(a.out, "final.safetensors"), final)
 
 

@@ -1,15 +1,26 @@
-"""Step distillation: one training loop (HF Accelerate) and one small loss per method.
+"""Step distillation: one verb, one config per method, one shared training loop.
 
-``train(student, loss, TrainConfig(...), out_dir, data=...)`` runs any loss
-``loss(student, teacher, x0, cond, ctx) -> [B]``; the methods (knowledge distillation,
-progressive distillation, guided distillation) are losses plus a short driver each.
-Students load with :func:`load_student` (``(denoiser, recipe)``) and sample with
-:func:`sample_student` (``diffspeed.sample`` with the recorded solver and sigmas).
+``diffspeed.distill(teacher, config, train=TrainConfig(...), out=..., data=...)`` runs any
+method registered in :data:`DISTILLERS` (progressive, guided, kd, cd, ct, lcm, lcm-lora) on
+any denoiser whose conditioning spec it can read; this package is itself callable as that
+verb. A method is a frozen config plus a per-sample loss
+``loss(student, teacher, x0, cond, ctx) -> [B]`` that the loop (:func:`train`, HF
+Accelerate) minimises. Students load with :func:`load_student` (``(denoiser, recipe)``) and
+sample with :func:`sample_student` (``diffspeed.sample`` with the recorded solver and sigmas).
 """
 
-from diffspeed.distill.guided import GuidanceLoss, Guided, distill_guided
-from diffspeed.distill.kd import KD, KDLoss, distill_kd, teacher_dataset
-from diffspeed.distill.progressive import Progressive, ProgressiveLoss, distill_progressive
+import sys
+import types
+from typing import Any
+
+from diffspeed.distill.cd import CD, CDLoss
+from diffspeed.distill.ct import CT, CTLoss
+from diffspeed.distill.guided import GuidanceLoss, Guided
+from diffspeed.distill.kd import KD, KDLoss, teacher_dataset
+from diffspeed.distill.lcm import LCM, LCMLoss
+from diffspeed.distill.lora import LCMLoRA, LoRA
+from diffspeed.distill.methods import DISTILLERS, MethodConfig, distill
+from diffspeed.distill.progressive import Progressive, ProgressiveLoss
 from diffspeed.distill.students import (
     Recipe,
     load_student,
@@ -32,12 +43,22 @@ from diffspeed.distill.trainer import (
 from diffspeed.distill.wcond import WCondUNet, WEmbedConfig, load_wcond, save_wcond
 
 __all__ = [
+    "CD",
+    "CT",
+    "DISTILLERS",
     "KD",
+    "LCM",
+    "CDLoss",
+    "CTLoss",
     "CheckpointError",
     "GuidanceLoss",
     "Guided",
     "KDLoss",
+    "LCMLoRA",
+    "LCMLoss",
+    "LoRA",
     "LossContext",
+    "MethodConfig",
     "Progressive",
     "ProgressiveLoss",
     "Recipe",
@@ -47,9 +68,7 @@ __all__ = [
     "TrainingDivergedError",
     "WCondUNet",
     "WEmbedConfig",
-    "distill_guided",
-    "distill_kd",
-    "distill_progressive",
+    "distill",
     "load_student",
     "load_wcond",
     "make_student",
@@ -62,3 +81,13 @@ __all__ = [
     "teacher_dataset",
     "train",
 ]
+
+
+class _Verb(types.ModuleType):
+    """This package, callable as :func:`~diffspeed.distill.methods.distill`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return distill(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Verb

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from diffspeed.core.contract import innermost, network_of
 from diffspeed.core.denoiser import DenoiserWrapper
 from diffspeed.errors import ConfigError, unknown_name
 
@@ -247,29 +248,37 @@ def consistency_recipe(
     )
 
 
+def top_sigma(den: Any, strength: float) -> float | None:
+    """The first sigma of the ``lcm`` schedule at ``strength`` (None for the full range)."""
+    if strength == 1.0:
+        return None
+    from diffspeed.solvers.schedules import get_sigmas
+
+    return float(get_sigmas(innermost(den), "lcm", 1, strength=strength)[0])
+
+
 def train_consistency(
     student: ConsistencyDenoiser,
     loss: Any,
     teacher: Any,
     config: Any,
-    out_dir: str | Path,
+    out_dir: Path,
     *,
     data: Any,
     recipe: Any,
-    resume: bool = True,
-    evaluate: Any = None,
-    progress: bool = False,
+    opts: Any,
     info: dict[str, Any] | None = None,
 ) -> Path:
     """Train a consistency student with the shared loop and save its EMA weights.
 
     Writes ``out_dir/student.safetensors`` (+ ``.json``: architecture, ``recipe``, and
     ``info`` with the boundary scalings and the method's config) and returns its path.
+    ``opts`` are the run's :class:`~diffspeed.distill.methods.RunOptions`.
     """
     from diffspeed.distill.students import module_digest, save_student
     from diffspeed.distill.trainer import train
 
-    base = getattr(teacher, "model", None)
+    base = network_of(teacher)
     run_info = {"teacher": module_digest(base) if base is not None else None}
     result = train(
         student,
@@ -278,22 +287,22 @@ def train_consistency(
         out_dir,
         data=data,
         teacher=teacher,
-        resume=resume,
-        evaluate=evaluate,
+        resume=opts.resume,
+        evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
         run_info=run_info,
-        progress=progress,
+        progress=opts.progress,
     )
     best = result.best
     meta = {
         "boundary": best.boundary.to_dict(),
         "strength": best.strength,
-        "method": type(loss.config).__name__.lower(),
-        "config": asdict(loss.config),
+        "method": loss.config.method,
+        "config": loss.config.to_dict(),
         "train": config.to_dict(),
         **run_info,
         **(info or {}),
     }
-    path = Path(out_dir) / "student.safetensors"
+    path = out_dir / "student.safetensors"
     save_student(path, best.inner, recipe, **meta)
     return path
 

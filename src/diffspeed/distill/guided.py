@@ -11,15 +11,22 @@ per step - half the cost per step of the guided teacher.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from diffspeed.core.contract import network_of
 from diffspeed.core.guidance import guidance
-from diffspeed.distill.progressive import WEIGHTINGS, Progressive, distill_progressive, teacher_grid
+from diffspeed.distill.methods import MethodConfig, RunOptions, register
+from diffspeed.distill.progressive import (
+    STEP_TRAIN,
+    WEIGHTINGS,
+    Progressive,
+    progressive_rounds,
+    teacher_grid,
+)
 from diffspeed.distill.students import (
     Recipe,
     load_student,
@@ -27,13 +34,15 @@ from diffspeed.distill.students import (
     module_digest,
     save_student,
 )
-from diffspeed.distill.trainer import LossContext, TrainConfig, TrainData, config_from_dict, train
+from diffspeed.distill.trainer import LossContext, TrainConfig, TrainData, train
 from diffspeed.errors import ConfigError
 
 
+@register("guided")
 @dataclass(frozen=True)
-class Guided:
-    """Guided-distillation settings.
+class Guided(MethodConfig):
+    """Guided distillation (Meng et al. 2023): fold guidance into a w-conditioned student,
+    then progressive rounds. Train configs: stage 1, then one per round.
 
     Attributes:
         w_range: guidance scales the student is trained for (``w`` drawn uniformly).
@@ -60,6 +69,8 @@ class Guided:
     weighting: str = "next_snr"
     teacher_substeps: int = 1
 
+    train_defaults: ClassVar[dict[str, Any]] = STEP_TRAIN
+
     def __post_init__(self) -> None:
         lo, hi = self.w_range
         if not 0 <= lo <= self.guidance <= hi:
@@ -84,16 +95,15 @@ class Guided:
             teacher_substeps=self.teacher_substeps,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (round-trips through :meth:`from_dict`)."""
-        d = asdict(self)
-        d["w_range"] = list(self.w_range)
-        return d
+    def stages(self) -> int:
+        """Stage 1, then one run per progressive round."""
+        return 1 + len(self.progressive().rounds())
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Guided:
-        """Inverse of :meth:`to_dict`."""
-        return config_from_dict(cls, d)
+    def run(
+        self, teacher: Any, train: list[TrainConfig], out: Path, data: Any, opts: RunOptions
+    ) -> Path:
+        """Stage 1 into ``out/stage1``, then the progressive rounds (see the module doc)."""
+        return guided_stages(teacher, self, train[0], train[1:], out, data, opts)
 
 
 class GuidanceLoss:
@@ -127,38 +137,31 @@ class GuidanceLoss:
         return self.weight(sigma, sigma).to(err.dtype) * err
 
 
-def distill_guided(
+def guided_stages(
     teacher: Any,
     config: Guided,
     stage1: TrainConfig,
-    stage2: TrainConfig | list[TrainConfig],
-    out_dir: str | Path,
-    *,
+    stage2: list[TrainConfig],
+    out_dir: Path,
     data: TrainData,
-    resume: bool = True,
-    evaluate: Callable[[Recipe], Callable[[Any, int], dict[str, float]]] | None = None,
-    progress: bool = False,
-    on_round: Callable[[int, Path], None] | None = None,
+    opts: RunOptions,
 ) -> Path:
     """Stage 1 into ``out_dir/stage1``, then progressive rounds; return the last student path.
 
     Args:
         teacher: the unguided, conditional discrete VP teacher denoiser whose spec names an
             unconditional input.
-        stage1, stage2: loop settings of stage 1 and of the stage-2 rounds (one or per round).
-        on_round: called with ``(steps, path)`` after stage 1 (steps = ``teacher_steps``) and
-            after each stage-2 round.
+        stage1, stage2: loop settings of stage 1 and of each stage-2 round.
     """
     teacher.cond_spec.uncond_values()  # refuses a teacher without an unconditional input
-    out_dir = Path(out_dir)
-    digest = module_digest(teacher)
+    digest = module_digest(network_of(teacher))
     prog = config.progressive()
     grid = teacher_grid(teacher, prog)
     recipe = Recipe(
         "ddim", tuple(grid.tolist()), config.guidance, w_conditioned=True, w_range=prog.w_range
     )
     path = out_dir / "stage1" / "student.safetensors"
-    if resume and path.is_file():
+    if opts.resume and path.is_file():
         student, _ = load_student(path)
     else:
         student = make_student(teacher, config.stage1_parameterization, w_conditioned=True)
@@ -169,25 +172,13 @@ def distill_guided(
             path.parent,
             data=data,
             teacher=teacher,
-            resume=resume,
-            evaluate=evaluate(recipe) if evaluate is not None else None,
+            resume=opts.resume,
+            evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
             run_info={"teacher": digest, "stage": 1},
-            progress=progress,
+            progress=opts.progress,
         )
         student = res.best
         save_student(path, student, recipe, method="guided", stage=1, guided=config.to_dict())
-    if on_round is not None:
-        on_round(config.teacher_steps, path)
     # Stage 2: progressive rounds on the w-conditioned student, w drawn per sample.
-    return distill_progressive(
-        student,
-        prog,
-        stage2,
-        out_dir,
-        data=data,
-        resume=resume,
-        evaluate=evaluate,
-        run_info={"teacher": digest, "stage": 2},
-        progress=progress,
-        on_round=on_round,
-    )
+    info = {"teacher": digest, "stage": 2}
+    return progressive_rounds(student, prog, stage2, out_dir, data, opts, run_info=info)

@@ -11,24 +11,28 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from diffspeed.core.contract import network_of
+from diffspeed.distill.methods import MethodConfig, RunOptions, register
+from diffspeed.distill.progressive import STEP_TRAIN
 from diffspeed.distill.students import Recipe, make_student, module_digest, save_student
-from diffspeed.distill.trainer import LossContext, TrainConfig, TrainData, config_from_dict, train
+from diffspeed.distill.trainer import LossContext, TrainConfig, TrainData, train
 from diffspeed.errors import ConfigError
 from diffspeed.models.io import cached_tensors
 
 log = logging.getLogger("diffspeed")
 
 
+@register("kd")
 @dataclass(frozen=True)
-class KD:
-    """Knowledge-distillation settings.
+class KD(MethodConfig):
+    """Knowledge distillation of the sampler (Luhman & Luhman 2021): map the teacher's noise
+    to its ODE output in ``student_steps`` steps. Makes its own data from the teacher.
 
     Attributes:
         student_steps: DDIM steps of the student (1 = one-step generator).
@@ -50,18 +54,18 @@ class KD:
     num_pairs: int = 2000
     seed: int = 1
 
+    needs_data: ClassVar[bool] = False
+    train_defaults: ClassVar[dict[str, Any]] = STEP_TRAIN
+
     def __post_init__(self) -> None:
         if self.student_steps < 1 or self.teacher_steps < 1 or self.num_pairs < 1:
             raise ConfigError("student_steps, teacher_steps and num_pairs must be >= 1")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (round-trips through :meth:`from_dict`)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> KD:
-        """Inverse of :meth:`to_dict`."""
-        return config_from_dict(cls, d)
+    def run(
+        self, teacher: Any, train: list[TrainConfig], out: Path, data: Any, opts: RunOptions
+    ) -> Path:
+        """Build (or load) the teacher dataset, train, write ``out/student.safetensors``."""
+        return kd_student(teacher, self, train[0], out, opts)
 
 
 class KDLoss:
@@ -140,27 +144,21 @@ def teacher_dataset(
     return TrainData(t["output"], cond, {"noise": t["noise"]})
 
 
-def distill_kd(
-    teacher: Any,
-    config: KD,
-    train_config: TrainConfig,
-    out_dir: str | Path,
-    *,
-    resume: bool = True,
-    evaluate: Callable[[Recipe], Callable[[Any, int], dict[str, float]]] | None = None,
-    progress: bool = False,
+def kd_student(
+    teacher: Any, config: KD, train_config: TrainConfig, out_dir: Path, opts: RunOptions
 ) -> Path:
     """Build (or load) the teacher dataset, train, write ``out_dir/student.safetensors``.
 
     Args:
-        teacher: the teacher denoiser; guided at ``config.guidance`` here when it is not 1.
+        teacher: the unguided teacher denoiser; guided at ``config.guidance`` here (against
+            its spec's unconditional input) when that is not 1.
     """
-    from diffspeed.models.teacher import guided_teacher
+    from diffspeed.core.guidance import guidance
     from diffspeed.solvers.schedules import get_sigmas
 
-    out_dir = Path(out_dir)
-    sampler = guided_teacher(config.guidance, teacher) if config.guidance != 1.0 else teacher
-    data = teacher_dataset(sampler, config, out_dir / "teacher_data.safetensors", progress=progress)
+    sampler = guidance(teacher, config.guidance) if config.guidance != 1.0 else teacher
+    cache = out_dir / "teacher_data.safetensors"
+    data = teacher_dataset(sampler, config, cache, progress=opts.progress)
     student = make_student(teacher, config.parameterization)
     sigmas = get_sigmas(student, config.schedule, config.student_steps)
     recipe = Recipe("ddim", tuple(sigmas.tolist()), guidance=config.guidance)
@@ -170,10 +168,10 @@ def distill_kd(
         train_config,
         out_dir,
         data=data,
-        resume=resume,
-        evaluate=evaluate(recipe) if evaluate is not None else None,
-        run_info={"teacher": module_digest(teacher)},
-        progress=progress,
+        resume=opts.resume,
+        evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
+        run_info={"teacher": module_digest(network_of(teacher))},
+        progress=opts.progress,
     )
     path = out_dir / "student.safetensors"
     return save_student(path, res.best, recipe, method="kd", kd=config.to_dict())

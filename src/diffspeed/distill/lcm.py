@@ -3,105 +3,154 @@
 Consistency distillation on the teacher's discrete timesteps with a *skipping step*: the pairs
 are ``t_{n+k} -> t_n`` on the grid ``0, k-1, 2k-1, ..., T-1`` (k = 20: the 50-step DDIM
 grid the LCM scheduler samples from), the teacher ODE is the classifier-free-guided one,
-``D_w = D(x|null) + w (D(x|y) - D(x|null))`` with ``w`` drawn per sample from
-``[w_min, w_max]``, and the student takes ``w`` as an input (the guidance-scale embedding
-of :class:`~diffspeed.distill.wcond.WCondUNet`), so one forward gives the guided output at
-any trained scale. With a LoRA student (``diffspeed.distill.lora``) and a fixed ``w`` this
-is LCM-LoRA.
+``D_w = D(x|u) + w (D(x|c) - D(x|u))`` (``u`` the teacher's unconditional input) with ``w``
+drawn per sample from ``w_range``, and the student takes ``w`` as an input (the
+guidance-scale embedding of :class:`~diffspeed.distill.wcond.WCondUNet`), so one forward
+gives the guided output at any trained scale. With a LoRA student (``diffspeed.distill.lora``)
+and a fixed ``w`` this is LCM-LoRA.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
+from diffspeed.distill.cd import CONSISTENCY_TRAIN, check_consistency
 from diffspeed.distill.consistency import (
-    METRICS,
     Boundary,
+    consistency_recipe,
+    consistency_student,
     distance,
     group_index,
     teacher_step,
     timestep_grid,
+    train_consistency,
 )
+from diffspeed.distill.methods import MethodConfig, RunOptions, register
 from diffspeed.distill.trajectories import Trajectories
-from diffspeed.errors import ConfigError, unknown_name
+from diffspeed.errors import ConfigError
+
+#: Cached teacher trajectories of the anchor term, and DPM-Solver++(2M) steps per grid interval.
+ANCHOR_PAIRS = 4000
+ANCHOR_SUBSTEPS = 2
 
 
+@register("lcm")
 @dataclass(frozen=True)
-class LCM:
-    """LCM settings.
+class LCM(MethodConfig):
+    """Latent consistency distillation (Luo et al. 2023) with a guidance-scale embedding.
 
     Attributes:
         k: the skipping step in training timesteps (grid ``0, k-1, 2k-1, ..., T-1``).
         strength: top of the grid as a fraction of it (1: up to ``T - 1``); sample with the
             ``lcm`` schedule's same ``strength``.
         solver: the teacher's one-step ODE solver between grid points (a registered name).
-        w_min, w_max: guidance-scale range the teacher ODE is drawn from, uniformly per sample
-            (diffspeed scale: 1 = conditional; LCM's ``omega`` is ``w - 1``).
-        w_embedding: the student takes ``guidance_scale`` in its cond (a WCondUNet); without
-            it (LCM-LoRA) use ``w_min == w_max``.
-        metric, huber_c: the distance (pseudo-Huber; c = 0.00054 sqrt(d) when None).
+        w_range: guidance-scale range the teacher ODE is drawn from, uniformly per sample
+            (diffspeed scale: 1 = conditional; LCM's ``omega`` is ``w - 1``). A range makes
+            the student take ``guidance_scale`` in its cond (a WCondUNet); a single scale
+            (``low == high``) distils that scale without an embedding.
+        guidance: the scale the student samples at by default.
+        metric: the distance (pseudo-Huber, c = 0.00054 sqrt(d); or ``"l2"``).
         target_decay: EMA decay of the target network (LCM: 0.95).
         groups: distinct grid indices per batch (one teacher solver call each).
-        sigma_data, boundary_scale: the consistency parameterisation (:class:`Boundary`).
+        parameterization: what the student network predicts (``"eps"``, ``"v"``, ``"x0"``).
         anchor: weight of the trajectory term (0: the plain LCM loss). With ``anchor > 0`` the
             loss also maps states of cached teacher ODE trajectories
             (:mod:`~diffspeed.distill.trajectories`) to their ends, so the chain of
             bootstrapped hops is tied to the ODE's real endpoints.
         anchor_top: the fraction of trajectory rows taken at the grid's top (the one-step
             sampler's only point); the rest are uniform over the other grid points.
-        anchor_pairs, anchor_substeps: number of cached trajectories and DPM-Solver++(2M)
-            steps per grid interval that computed them.
+        init: start from this student's network and parameterisation (a path or shipped
+            name, e.g. a w-conditioned v student of guided distillation) instead of the
+            teacher's.
     """
 
     k: int = 20
-    strength: float = 1.0
+    strength: float = 0.6
     solver: str = "ddim"
-    w_min: float = 1.0
-    w_max: float = 2.0
-    w_embedding: bool = True
+    w_range: tuple[float, float] = (1.0, 2.0)
+    guidance: float = 1.25
     metric: str = "pseudo_huber"
-    huber_c: float | None = None
     target_decay: float = 0.95
-    groups: int = 4
-    sigma_data: float = 0.5
-    boundary_scale: float = 100.0
+    groups: int = 2
+    parameterization: str = "eps"
     anchor: float = 0.0
     anchor_top: float = 0.5
-    anchor_pairs: int = 4000
-    anchor_substeps: int = 2
+    init: str | None = None
+
+    bench_row: ClassVar[str] = "consistency"
+    train_defaults: ClassVar[dict[str, Any]] = CONSISTENCY_TRAIN
 
     def __post_init__(self) -> None:
         from diffspeed.solvers.registry import SOLVERS
 
         SOLVERS[self.solver]  # noqa: B018 - raises a ConfigError naming the solvers
-        if self.metric not in METRICS:
-            raise unknown_name("consistency metric", self.metric, METRICS)
-        if not 0 <= self.w_min <= self.w_max:
-            raise ConfigError(f"need 0 <= w_min <= w_max, got {self.w_min}, {self.w_max}")
-        if not self.w_embedding and self.w_min != self.w_max:
+        check_consistency(self)
+        lo, hi = self.w_range
+        if not 0 <= lo <= hi:
+            raise ConfigError(f"need 0 <= w_range[0] <= w_range[1], got {self.w_range}")
+        if self.k < 1 or self.groups < 1:
+            raise ConfigError("LCM needs k >= 1 and groups >= 1")
+        if self.anchor < 0 or not 0 <= self.anchor_top <= 1:
             raise ConfigError(
-                "without a guidance embedding the student cannot tell scales apart; "
-                "set w_min == w_max (LCM-LoRA distils one scale)"
+                f"LCM needs anchor >= 0 and anchor_top in [0, 1], got {self.anchor}, "
+                f"{self.anchor_top}"
             )
-        if self.k < 1 or self.groups < 1 or not 0 <= self.target_decay < 1:
-            raise ConfigError("LCM needs k >= 1, groups >= 1 and target_decay in [0, 1)")
-        if self.anchor < 0 or not 0 <= self.anchor_top <= 1 or self.anchor_pairs < 1:
-            raise ConfigError(
-                "LCM needs anchor >= 0, anchor_top in [0, 1] and anchor_pairs >= 1, got "
-                f"{self.anchor}, {self.anchor_top}, {self.anchor_pairs}"
-            )
+
+    @property
+    def w_embedding(self) -> bool:
+        """Whether the student takes the guidance scale (a range of scales is distilled)."""
+        return self.w_range[0] < self.w_range[1]
 
     @property
     def boundary(self) -> Boundary:
         """The consistency parameterisation the student is built with."""
-        return Boundary(self.sigma_data, self.boundary_scale)
+        return Boundary()
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict."""
-        return asdict(self)
+    def run(self, teacher: Any, train: list[Any], out: Path, data: Any, opts: RunOptions) -> Path:
+        """A (w-conditioned) consistency student trained with :class:`LCMLoss`."""
+        init = None
+        if self.init:
+            from diffspeed.distill.students import load_student
+
+            init, _ = load_student(self.init)
+        student = consistency_student(
+            teacher,
+            self.boundary,
+            parameterization=self.parameterization,
+            w_conditioned=self.w_embedding,
+            strength=self.strength,
+            init=init,
+        )
+        w_range = self.w_range if self.w_embedding else None
+        recipe = consistency_recipe(student, guidance=self.guidance, w_range=w_range)
+        loss = lcm_loss(self, teacher, out, opts.progress)
+        info = {"init": str(self.init)} if self.init else None
+        return train_consistency(
+            student, loss, teacher, train[0], out, data=data, recipe=recipe, opts=opts, info=info
+        )
+
+
+def lcm_loss(config: Any, teacher: Any, out: Path, progress: bool = False) -> LCMLoss:
+    """The LCM loss, with teacher trajectories (cached in ``out``) when ``anchor > 0``."""
+    if config.anchor == 0:
+        return LCMLoss(config)
+    from diffspeed.distill.trajectories import teacher_trajectories
+
+    out.mkdir(parents=True, exist_ok=True)
+    trajectories = teacher_trajectories(
+        teacher,
+        timestep_grid(teacher, config.k, config.strength),
+        num=ANCHOR_PAIRS,
+        w_range=config.w_range,
+        substeps=ANCHOR_SUBSTEPS,
+        cache=out / "trajectories.safetensors",
+        progress=progress,
+    )
+    return LCMLoss(config, trajectories)
 
 
 class LCMLoss:
@@ -114,7 +163,7 @@ class LCMLoss:
     (:func:`~diffspeed.distill.trajectories.teacher_trajectories`).
     """
 
-    def __init__(self, config: LCM = LCM(), trajectories: Trajectories | None = None) -> None:
+    def __init__(self, config: Any = LCM(), trajectories: Trajectories | None = None) -> None:
         if config.anchor > 0 and trajectories is None:
             raise ConfigError(
                 "LCM anchor > 0 needs teacher trajectories "
@@ -132,14 +181,15 @@ class LCMLoss:
         view = (-1,) + (1,) * (x0.ndim - 1)
         # noise the data to t_{n+k}; draw the guidance scale per sample
         x_hi = x0 + s_hi.view(view).to(x0.dtype) * ctx.randn(*x0.shape[1:])
-        w = c.w_min + (c.w_max - c.w_min) * ctx.rand().double()
+        lo, hi = c.w_range
+        w = lo + (hi - lo) * ctx.rand().double()
         # one step of the CFG-augmented teacher ODE to t_n (w = 1: the conditional ODE)
-        guided = None if c.w_min == c.w_max == 1.0 else w
+        guided = None if lo == hi == 1.0 else w
         x_lo = teacher_step(teacher, x_hi, s_hi, s_lo, solver=c.solver, cond=cond, guidance=guided)
         # the student and the EMA target, both conditioned on w
         scond = {**cond, "guidance_scale": w.float()} if c.w_embedding else cond
         target = ctx.emas["target"](x_lo.detach(), s_lo, **scond).detach()
-        loss = distance(student(x_hi, s_hi, **scond), target, c.metric, c.huber_c)
+        loss = distance(student(x_hi, s_hi, **scond), target, c.metric, None)
         if self.trajectories is not None:
             loss = loss + c.anchor * self._anchor(student, grid, ctx)
         return loss
@@ -162,4 +212,4 @@ class LCMLoss:
         if c.w_embedding:
             acond["guidance_scale"] = tr.guidance[rows].float()
         out = student(tr.states[rows, idx], grid[idx], **acond)
-        return distance(out, tr.endpoints[rows], c.metric, c.huber_c)
+        return distance(out, tr.endpoints[rows], c.metric, None)

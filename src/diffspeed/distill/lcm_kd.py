@@ -2,7 +2,7 @@
 
 LCM-LoRA's own objective (:class:`~diffspeed.distill.lcm.LCMLoss` on a frozen teacher plus
 LoRA) bootstraps the low-rank student from an EMA copy of itself through the teacher's ODE.
-Here the consistency function is learned first with full weights (``diffspeed consistency
+Here the consistency function is learned first with full weights (``diffspeed distill
 lcm``), and the adapter then regresses it directly at the guidance scale it is for:
 
 ``loss = d(f_lora(x_t, t), f_lcm(x_t, t, w))``,  ``x_t = x0 + sigma_t z``,
@@ -36,7 +36,7 @@ class LCMKD:
     """Settings of the regression onto a trained consistency model.
 
     Attributes:
-        source: the full-weight consistency student (``.safetensors`` from ``consistency
+        source: the full-weight consistency student (``.safetensors`` from ``distill
             lcm``, or a shipped name such as ``"lcm"``).
         guidance: the scale the adapter bakes in (passed to a w-conditioned source).
         k: the grid's skipping step in training timesteps (the source's ``k``).
@@ -82,9 +82,9 @@ class LCMKD:
         return Boundary(self.sigma_data, self.boundary_scale)
 
     @property
-    def w_min(self) -> float:
-        """The baked-in guidance scale (named like :class:`~diffspeed.distill.lcm.LCM`'s)."""
-        return self.guidance
+    def w_range(self) -> tuple[float, float]:
+        """The baked-in guidance scale as a one-point range (like :class:`LCM`'s)."""
+        return (self.guidance, self.guidance)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""

@@ -18,12 +18,13 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from diffspeed.core.contract import innermost
+from diffspeed.core.contract import innermost, network_of
+from diffspeed.distill.methods import MethodConfig, RunOptions, register
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError
 
 log = logging.getLogger("diffspeed")
@@ -264,29 +265,134 @@ def lora_student(
     return ConsistencyDenoiser(den, boundary or Boundary(), strength)
 
 
+@register("lcm-lora")
+@dataclass(frozen=True)
+class LCMLoRA(MethodConfig):
+    """LCM-LoRA (Luo et al. 2023b): the LCM loss on a frozen teacher plus a LoRA adapter,
+    saved in the diffusers format (``out/lora/``) for ``pipe.load_lora_weights``.
+
+    Attributes:
+        k: the skipping step in training timesteps (LCM's grid).
+        strength: top of the grid as a fraction of it (the ``lcm`` schedule's ``strength``).
+        solver: the teacher's one-step ODE solver between grid points.
+        guidance: the one guidance scale the adapter bakes in (the teacher ODE's).
+        metric: the distance (pseudo-Huber, c = 0.00054 sqrt(d); or ``"l2"``).
+        target_decay: EMA decay of the target network.
+        groups: distinct grid indices per batch (one teacher solver call each).
+        anchor: weight of the teacher-trajectory term (see :class:`~diffspeed.distill.lcm.LCM`).
+        rank, alpha: the LoRA rank and scale numerator (alpha None: the rank).
+        targets: module-name suffixes to adapt, comma-separated (peft ``target_modules``),
+            ``"default"`` (attention projections, resnet convs, time projections) or ``"all"``
+            (every conv / linear layer).
+        from_lcm: fit the adapter to this trained full-weight LCM (a student path) at
+            ``guidance`` instead of the LCM loss; grid and boundary come from it. Use an eps
+            LCM: an eps adapter cannot follow a v LCM's one-step output.
+    """
+
+    k: int = 20
+    strength: float = 0.6
+    solver: str = "ddim"
+    guidance: float = 1.25
+    metric: str = "pseudo_huber"
+    target_decay: float = 0.95
+    groups: int = 2
+    anchor: float = 0.0
+    rank: int = 8
+    alpha: float | None = None
+    targets: str = "default"
+    from_lcm: str | None = None
+
+    bench_row: ClassVar[str] = "lcm-lora"
+    anchor_top: ClassVar[float] = 0.5
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "steps": 1000,
+        "batch_size": 32,
+        "warmup": 20,
+        "ema_decay": 0.99,
+        "checkpoint_every": 100,
+    }
+
+    def __post_init__(self) -> None:
+        from diffspeed.distill.lcm import LCM
+
+        self.lora  # noqa: B018 - validates rank, alpha and targets
+        LCM(  # validates the shared settings
+            k=self.k,
+            strength=self.strength,
+            solver=self.solver,
+            w_range=self.w_range,
+            metric=self.metric,
+            target_decay=self.target_decay,
+            groups=self.groups,
+            anchor=self.anchor,
+        )
+
+    @property
+    def w_range(self) -> tuple[float, float]:
+        """The teacher ODE's guidance scale as a one-point range (read by the LCM loss)."""
+        return (self.guidance, self.guidance)
+
+    @property
+    def w_embedding(self) -> bool:
+        """An adapter takes no guidance scale."""
+        return False
+
+    @property
+    def boundary(self) -> Any:
+        """The consistency parameterisation the student is built with."""
+        from diffspeed.distill.consistency import Boundary
+
+        return Boundary()
+
+    @property
+    def lora(self) -> LoRA:
+        """The adapter's settings."""
+        named = {"default": DEFAULT_TARGETS, "all": ALL_TARGETS}
+        targets = named.get(self.targets) or tuple(t for t in self.targets.split(",") if t)
+        return LoRA(self.rank, float(self.alpha or self.rank), targets)
+
+    def run(self, teacher: Any, train: list[Any], out: Path, data: Any, opts: RunOptions) -> Path:
+        """Train the adapter (EMA weights) and save it to ``out/lora/``; return that folder."""
+        from diffspeed.distill.lcm import lcm_loss
+
+        if self.from_lcm:
+            from diffspeed.distill.lcm_kd import LCMKD, LCMKDLoss
+
+            kd = LCMKD.for_source(self.from_lcm, guidance=self.guidance, metric=self.metric)
+            loss: Any = LCMKDLoss(kd)
+        else:
+            loss = lcm_loss(self, teacher, out, opts.progress)
+        objective = "lcmkd" if self.from_lcm else "lcm"
+        return train_lcm_lora(
+            teacher, loss, self.lora, train[0], out, data=data, opts=opts, objective=objective
+        )
+
+
 def train_lcm_lora(
     teacher: Any,
     loss: Any,
     config: LoRA,
     train_config: Any,
-    out_dir: str | os.PathLike,
+    out_dir: Path,
     *,
     data: Any,
-    resume: bool = True,
-    evaluate: Any = None,
-    progress: bool = False,
+    opts: RunOptions,
+    objective: str = "lcm",
 ) -> Path:
     """LCM-LoRA: ``loss`` on a LoRA student; the trained adapter (EMA weights) is saved to
     ``out_dir/lora/`` in the diffusers format. Returns that directory.
 
     ``loss`` is the LCM loss (:class:`~diffspeed.distill.lcm.LCMLoss` without a guidance
-    embedding) or the regression onto a trained full-weight LCM
-    (:class:`~diffspeed.distill.lcm_kd.LCMKDLoss`); ``info["objective"]`` records which."""
+    embedding, ``objective="lcm"``) or the regression onto a trained full-weight LCM
+    (:class:`~diffspeed.distill.lcm_kd.LCMKDLoss`, ``"lcmkd"``); ``info`` records which."""
+    from diffspeed.distill.consistency import consistency_recipe
     from diffspeed.distill.students import module_digest
     from diffspeed.distill.trainer import train
 
     student = lora_student(teacher, config, loss.config.boundary, loss.config.strength)
-    digest = module_digest(teacher.model)
+    digest = module_digest(network_of(teacher))
+    guidance = loss.config.w_range[0]
+    recipe = consistency_recipe(student, guidance=guidance)
     result = train(
         student,
         loss,
@@ -294,26 +400,26 @@ def train_lcm_lora(
         out_dir,
         data=data,
         teacher=teacher,
-        resume=resume,
-        evaluate=evaluate,
+        resume=opts.resume,
+        evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
         run_info={"teacher": digest, "lora": asdict(config)},
-        progress=progress,
+        progress=opts.progress,
     )
     info = {
         "boundary": result.best.boundary.to_dict(),
         "strength": result.best.strength,
         "method": "lcm-lora",
-        "objective": type(loss.config).__name__.lower(),
-        "config": asdict(loss.config),
+        "objective": objective,
+        "config": loss.config.to_dict(),
         "train": train_config.to_dict(),
         "teacher": digest,
         "sampler": {
             "solver": "lcm",
             "schedule": "lcm",
             "strength": loss.config.strength,
-            "guidance": loss.config.w_min,
+            "guidance": guidance,
         },
     }
-    out = Path(out_dir) / "lora"
+    out = out_dir / "lora"
     save_lora(out, result.best.model, config, info)
     return out

@@ -29,29 +29,35 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from diffspeed.core.contract import network_of
+from diffspeed.distill.methods import MethodConfig, RunOptions, register
 from diffspeed.distill.students import (
     Recipe,
     frozen_copy,
     load_student,
     make_student,
+    module_digest,
     save_student,
 )
-from diffspeed.distill.trainer import (
-    LossContext,
-    TrainConfig,
-    TrainData,
-    config_from_dict,
-    train,
-)
+from diffspeed.distill.trainer import LossContext, TrainConfig, TrainData, train
 from diffspeed.errors import ConfigError
 
 log = logging.getLogger("diffspeed")
+
+#: TrainConfig values the command line of the step-distillation methods starts from.
+STEP_TRAIN: dict[str, Any] = {
+    "steps": 300,
+    "lr": 2e-4,
+    "warmup": 20,
+    "ema_decay": 0.99,
+    "checkpoint_every": 50,
+}
 
 #: Loss weightings ``w(sigma, sigma_next)`` of float64 ``[B]`` sigmas (VE: SNR = 1 / sigma^2).
 WEIGHTINGS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -72,9 +78,10 @@ WEIGHTINGS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
+@register("progressive")
 @dataclass(frozen=True)
-class Progressive:
-    """Progressive distillation settings.
+class Progressive(MethodConfig):
+    """Progressive distillation (Salimans & Ho 2022): halve the steps round by round.
 
     Attributes:
         teacher_steps: DDIM steps of the original teacher (the first round's teacher grid);
@@ -83,9 +90,11 @@ class Progressive:
         schedule: diffspeed schedule of the first teacher grid (``"trailing"``: uniform in
             the discrete timestep, starting at t = T-1); later grids take every second point.
         parameterization: what the student network predicts: ``"v"``, ``"x0"`` or ``"eps"``.
-        weighting: a name in :data:`WEIGHTINGS` (``"truncated_snr"``: max(SNR, 1)).
-        guidance: classifier-free guidance scale of the original teacher (1: none); the
-            students bake it in (one forward per step instead of two).
+        weighting: a name in :data:`WEIGHTINGS` (``"truncated_snr"``: max(SNR, 1), the
+            paper's; ``"next_snr"``: the landing error in units of the next noise level).
+        guidance: classifier-free guidance scale of the original teacher (1: none), against
+            its spec's unconditional input; the students bake it in (one forward per step
+            instead of two).
         w_range: for a guidance-conditioned teacher (guided distillation, stage 2): the
             range ``w`` is drawn from each sample (then ``guidance`` is the default scale).
         teacher_substeps: the first round integrates each of its teacher's half steps with
@@ -97,10 +106,12 @@ class Progressive:
     final_steps: int = 1
     schedule: str = "trailing"
     parameterization: str = "v"
-    weighting: str = "truncated_snr"
+    weighting: str = "next_snr"
     guidance: float = 2.0
     w_range: tuple[float, float] | None = None
     teacher_substeps: int = 1
+
+    train_defaults: ClassVar[dict[str, Any]] = STEP_TRAIN
 
     def __post_init__(self) -> None:
         n, f = self.teacher_steps, self.final_steps
@@ -125,16 +136,21 @@ class Progressive:
             out.append(n)
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (round-trips through :meth:`from_dict`)."""
-        d = asdict(self)
-        d["w_range"] = list(self.w_range) if self.w_range else None
-        return d
+    def stages(self) -> int:
+        """One training run per round."""
+        return len(self.rounds())
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Progressive:
-        """Inverse of :meth:`to_dict`."""
-        return config_from_dict(cls, d)
+    def run(
+        self, teacher: Any, train: list[TrainConfig], out: Path, data: Any, opts: RunOptions
+    ) -> Path:
+        """Guide the teacher at ``guidance`` (unless w-conditioned) and run every round."""
+        guided = teacher
+        if self.w_range is None and self.guidance != 1.0:
+            from diffspeed.core.guidance import guidance
+
+            guided = guidance(teacher, self.guidance)
+        info = {"teacher": module_digest(network_of(teacher))}
+        return progressive_rounds(guided, self, train, out, data, opts, run_info=info)
 
 
 def ddim_step(
@@ -245,48 +261,35 @@ def teacher_grid(teacher: Any, config: Progressive) -> torch.Tensor:
     return get_sigmas(teacher, config.schedule, config.teacher_steps)
 
 
-def distill_progressive(
+def progressive_rounds(
     teacher: Any,
     config: Progressive,
-    train_config: TrainConfig | list[TrainConfig],
-    out_dir: str | Path,
-    *,
+    runs: list[TrainConfig],
+    out_dir: Path,
     data: TrainData,
-    student: Any | None = None,
-    resume: bool = True,
-    evaluate: Callable[[Recipe], Callable[[Any, int], dict[str, float]]] | None = None,
+    opts: RunOptions,
+    *,
     run_info: dict[str, Any] | None = None,
-    progress: bool = False,
-    on_round: Callable[[int, Path], None] | None = None,
 ) -> Path:
     """Run every round; return the path of the last student.
 
     Round ``k`` trains in ``out_dir/round-<steps>`` and writes ``student.safetensors`` (+ JSON,
     with its :class:`Recipe`: DDIM, ``steps``, its sigmas). A finished round is not rerun;
-    an interrupted one resumes from its checkpoint (with ``resume``).
+    an interrupted one resumes from its checkpoint (with ``opts.resume``).
 
     Args:
-        teacher: the original teacher denoiser (guided or w-conditioned as the config says).
-        config: method settings.
-        train_config: the loop settings, one for all rounds or one per round.
-        data: training images and labels (``x = x0 + sigma * eps`` is built from them).
-        student: the first student (default: :func:`make_student` of the teacher).
-        evaluate: ``evaluate(recipe) -> fn(model, step) -> {metric: value}``: builds each
-            round's periodic evaluation from its recipe (see :func:`recipe_evaluator`).
+        teacher: the first round's teacher denoiser (guided, or w-conditioned as the config
+            says).
+        runs: the loop settings, one per round.
+        data: training data (``x = x0 + sigma * eps`` is built from it).
         run_info: facts identifying the run (e.g. the teacher digest), checkpoint-hashed.
-        on_round: called with ``(steps, student_path)`` after each finished round.
     """
     rounds = config.rounds()
-    tcs = train_config if isinstance(train_config, list) else [train_config] * len(rounds)
-    if len(tcs) != len(rounds):
-        raise ConfigError(f"{len(tcs)} train configs for {len(rounds)} rounds {rounds}")
-    out_dir = Path(out_dir)
     grid = teacher_grid(teacher, config)
     w_conditioned = config.w_range is not None
-    if student is None:
-        student = make_student(teacher, config.parameterization, w_conditioned=w_conditioned)
+    student = make_student(teacher, config.parameterization, w_conditioned=w_conditioned)
     path = out_dir
-    for k, (steps, tc) in enumerate(zip(rounds, tcs, strict=True)):
+    for k, (steps, tc) in enumerate(zip(rounds, runs, strict=True)):
         stride = config.teacher_steps // (2 * steps)
         t_sigmas = grid[::stride]  # this round's teacher grid (2 * steps steps)
         recipe = Recipe(
@@ -298,7 +301,7 @@ def distill_progressive(
         )
         round_dir = out_dir / f"round-{steps}"
         path = round_dir / "student.safetensors"
-        if resume and path.is_file():
+        if opts.resume and path.is_file():
             log.info("round %d (%d steps) already done: %s", k, steps, path)
             best, _ = load_student(path)
         else:
@@ -311,15 +314,13 @@ def distill_progressive(
                 round_dir,
                 data=data,
                 teacher=teacher,
-                resume=resume,
-                evaluate=evaluate(recipe) if evaluate is not None else None,
+                resume=opts.resume,
+                evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
                 run_info=info,
-                progress=progress,
+                progress=opts.progress,
             )
             best = res.best
             save_student(path, best, recipe, method="progressive", round=k, train=tc.to_dict())
-        if on_round is not None:
-            on_round(steps, path)
         # The student becomes the teacher; the next student starts from its weights.
         teacher = frozen_copy(best)
         student = make_student(best, config.parameterization, w_conditioned=w_conditioned)

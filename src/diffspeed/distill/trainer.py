@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Build from :meth:`to_dict` output; unknown keys are refused."""
+        from diffspeed.distill.methods import config_from_dict
+
         return config_from_dict(cls, d)
 
     def lr_at(self, step: int) -> float:
@@ -136,16 +138,6 @@ LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "cosine": lambda f: 0.5 * (1 + math.cos(math.pi * f)),
     "constant": lambda f: 1.0,
 }
-
-
-def config_from_dict(cls: type, d: Mapping[str, Any]) -> Any:
-    """Build the frozen dataclass ``cls`` from a dict, refusing unknown keys (JSON round trip)."""
-    names = {f.name for f in fields(cls)}
-    extra = sorted(set(d) - names)
-    if extra:
-        raise ConfigError(f"{cls.__name__} has no field(s) {extra}; allowed: {sorted(names)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return cls(**kwargs)
 
 
 @dataclass
@@ -429,6 +421,35 @@ def _load_checkpoint(path, student, emas, opt, hash_config) -> dict[str, Any]:
     return counters
 
 
+@dataclass
+class _Loop:
+    """What the named parts of one run share: the process layout, the models, the optimiser,
+    the counters and the logs."""
+
+    acc: Any
+    config: TrainConfig
+    student: nn.Module
+    teacher: nn.Module | None
+    loss_fn: Callable[..., torch.Tensor]
+    with_ctx: bool
+    data: TrainData
+    params: list[nn.Parameter]
+    opt: Any
+    emas: dict[str, nn.Module]
+    decays: dict[str, float | Callable[[int], float]]
+    counters: dict[str, int]
+    local: slice
+    ckpt: Path
+    hash_config: dict[str, Any]
+    train_log: _CsvLog
+    eval_log: _CsvLog
+
+    @property
+    def per_micro(self) -> int:
+        """Rows of one global micro-batch."""
+        return self.config.batch_size // self.config.grad_accum
+
+
 def train(
     student: nn.Module,
     loss_fn: Callable[..., torch.Tensor],
@@ -473,6 +494,56 @@ def train(
             gradient (each such step is skipped and counted).
         CheckpointError: an unusable checkpoint in ``out_dir`` while resuming.
     """
+    loop = start(student, loss_fn, config, Path(out_dir), data, teacher, resume, run_info)
+    bar = _Progress(progress and loop.acc.is_main_process, config.steps, loop.counters["step"])
+    last_loss, t0, first = float("nan"), time.time(), loop.counters["step"]
+    try:
+        while loop.counters["step"] < config.steps:
+            step = loop.counters["step"]
+            lr = config.lr_at(step)
+            for g in loop.opt.param_groups:
+                g["lr"] = lr
+            loop.opt.zero_grad(set_to_none=False)
+            total, bad = accumulate(loop, step)
+            flat, step_loss, bad = sync_gradients(loop, total, bad)
+            grad_norm = float("nan")
+            if bad:
+                skip(loop, step)
+            else:
+                grad_norm = update(loop, flat, step)
+                last_loss = step_loss
+            loop.counters["step"] = step = step + 1
+            bar.update(step, step_loss)
+            if config.log_every and (step % config.log_every == 0 or step == config.steps):
+                row = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm}
+                loop.train_log.write({**row, "skipped": loop.counters["skipped"]})
+            if config.eval_every and evaluate is not None and step % config.eval_every == 0:
+                _evaluate(loop.acc, evaluate, loop.emas.get("ema", student), step, loop.eval_log)
+            if step == config.steps or (
+                config.checkpoint_every and step % config.checkpoint_every == 0
+            ):
+                checkpoint(loop)
+    finally:
+        bar.close()
+    finish(loop, evaluate, first, t0)
+    counters = loop.counters
+    return TrainResult(
+        student, loop.emas, counters["step"], counters["skipped"], last_loss, loop.ckpt
+    )
+
+
+def start(
+    student: nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    config: TrainConfig,
+    out_dir: Path,
+    data: TrainData,
+    teacher: nn.Module | None,
+    resume: bool,
+    run_info: Mapping[str, Any] | None,
+) -> _Loop:
+    """Set a run up: the process layout, the run directory, models on the device, the
+    optimiser and EMAs, and the state of the checkpoint in ``out_dir`` when resuming."""
     from accelerate import Accelerator
 
     acc = Accelerator(mixed_precision=config.mixed_precision)
@@ -483,8 +554,6 @@ def train(
             f"batch_size {config.batch_size} must divide by grad_accum * processes = "
             f"{config.grad_accum} * {world}"
         )
-    local = slice(rank * per_micro // world, (rank + 1) * per_micro // world)
-    out_dir = Path(out_dir)
     ckpt = out_dir / CHECKPOINT
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -508,8 +577,6 @@ def train(
     if resumed:
         counters = _load_checkpoint(ckpt, student, emas, opt, hash_config)
         log.info("resumed %s at step %d", out_dir, counters["step"])
-    opt = acc.prepare(opt)
-    with_ctx = _accepts_ctx(loss_fn)
     train_log = _CsvLog(out_dir / TRAIN_LOG, acc.is_main_process)
     eval_log = _CsvLog(out_dir / EVAL_LOG, acc.is_main_process)
     if resumed:
@@ -518,127 +585,160 @@ def train(
     elif acc.is_main_process:
         for p in (out_dir / TRAIN_LOG, out_dir / EVAL_LOG):
             p.unlink(missing_ok=True)
+    local = slice(rank * per_micro // world, (rank + 1) * per_micro // world)
+    return _Loop(
+        acc,
+        config,
+        student,
+        teacher,
+        loss_fn,
+        _accepts_ctx(loss_fn),
+        data,
+        params,
+        acc.prepare(opt),
+        emas,
+        decays,
+        counters,
+        local,
+        ckpt,
+        hash_config,
+        train_log,
+        eval_log,
+    )
 
-    bar = _Progress(progress and acc.is_main_process, config.steps, counters["step"])
-    last_loss, t0, start = float("nan"), time.time(), counters["step"]
+
+def micro_step(loop: _Loop, step: int, micro: int) -> torch.Tensor | None:
+    """One micro-batch: draw it, evaluate the loss on this process's rows and backpropagate.
+
+    Returns the (detached) loss share of the micro-batch, or ``None`` when it is not finite.
+    """
+    # One global micro-batch from the step's generator; keep this process's rows.
+    cfg, device = loop.config, loop.acc.device
+    gen = step_generator(cfg.seed, step, micro)
+    idx = torch.randint(0, len(loop.data), (loop.per_micro,), generator=gen)[loop.local]
+    x0, cond, extras = loop.data.take(idx, device)
+    ctx = LossContext(step, cfg.steps, gen, loop.per_micro, loop.local, extras, loop.emas, device)
     try:
-        while counters["step"] < config.steps:
-            step = counters["step"]
-            lr = config.lr_at(step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad(set_to_none=False)
-            total, bad = torch.zeros((), device=device, dtype=torch.float64), False
-            for micro in range(config.grad_accum):
-                # One global micro-batch from the step's generator; keep this process's rows.
-                gen = step_generator(config.seed, step, micro)
-                idx = torch.randint(0, len(data), (per_micro,), generator=gen)[local]
-                x0, cond, extras = data.take(idx, device)
-                ctx = LossContext(step, config.steps, gen, per_micro, local, extras, emas, device)
-                try:
-                    with acc.autocast():
-                        if with_ctx:
-                            per_sample = loss_fn(student, teacher, x0, cond, ctx=ctx)
-                        else:
-                            per_sample = loss_fn(student, teacher, x0, cond)
-                    if per_sample.shape != (x0.shape[0],):
-                        raise ShapeError(
-                            f"the loss returned shape {tuple(per_sample.shape)}; a loss must "
-                            f"return one value per sample, [{x0.shape[0]}]"
-                        )
-                    loss = per_sample.float().mean() / config.grad_accum
-                except NonFiniteError:
-                    bad = True
-                    break
-                if not torch.isfinite(loss):
-                    bad = True
-                    break
-                acc.backward(loss)
-                total += loss.detach().double()
-            # Average gradients and losses over processes (one flat all-reduce).
-            flat = torch.cat(
-                [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
-                + [total.float().view(1), torch.tensor([float(bad)], device=device)]
-            )
-            if world > 1:
-                flat = acc.reduce(flat, "sum")
-                flat[:-1] /= world
-            # fp16 loss scaling handles overflowing gradients itself (the scaler skips them).
-            grads_ok = acc.scaler is not None or bool(torch.isfinite(flat[:-1]).all())
-            bad = bool(flat[-1] > 0) or not grads_ok
-            step_loss = float(flat[-2])
-            if not bad:
-                offset = 0
-                for p in params:
-                    n = p.numel()
-                    p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
-                    offset += n
-                grad_norm = float("nan")
-                if config.max_grad_norm > 0:
-                    grad_norm = float(acc.clip_grad_norm_(params, config.max_grad_norm))
-                opt.step()
-                with torch.no_grad():
-                    for name, m in emas.items():
-                        d = decays[name]
-                        decay = float(d(step) if callable(d) else d)
-                        for pe, ps in zip(m.parameters(), student.parameters(), strict=True):
-                            pe.lerp_(ps.detach(), 1 - decay)
-                counters["bad_streak"] = 0
-                last_loss = step_loss
+        with loop.acc.autocast():
+            if loop.with_ctx:
+                per_sample = loop.loss_fn(loop.student, loop.teacher, x0, cond, ctx=ctx)
             else:
-                # Skip the step: no update; count it; stop if it persists.
-                counters["skipped"] += 1
-                counters["bad_streak"] += 1
-                grad_norm = float("nan")
-                log.warning("step %d: non-finite loss or gradient, step skipped", step)
-                if counters["bad_streak"] >= config.max_bad_steps:
-                    raise TrainingDivergedError(
-                        f"{counters['bad_streak']} consecutive steps with a NaN/Inf loss or "
-                        f"gradient (up to step {step}; {counters['skipped']} skipped in all); "
-                        "lower the learning rate, use fp32 (mixed_precision='no') or check the "
-                        f"teacher. The last good checkpoint is {ckpt}"
-                    )
-            counters["step"] = step = step + 1
-            bar.update(step, step_loss)
-            if config.log_every and (step % config.log_every == 0 or step == config.steps):
-                train_log.write(
-                    {
-                        "step": step,
-                        "loss": step_loss,
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "skipped": counters["skipped"],
-                    }
-                )
-            if config.eval_every and evaluate is not None and step % config.eval_every == 0:
-                _evaluate(acc, evaluate, emas.get("ema", student), step, eval_log)
-            if step == config.steps or (
-                config.checkpoint_every and step % config.checkpoint_every == 0
-            ):
-                if acc.is_main_process:
-                    _save_checkpoint(ckpt, student, emas, opt, counters, hash_config)
-                acc.wait_for_everyone()
-    finally:
-        bar.close()
-    trained = counters["step"] > start
+                per_sample = loop.loss_fn(loop.student, loop.teacher, x0, cond)
+        if per_sample.shape != (x0.shape[0],):
+            raise ShapeError(
+                f"the loss returned shape {tuple(per_sample.shape)}; a loss must "
+                f"return one value per sample, [{x0.shape[0]}]"
+            )
+        loss = per_sample.float().mean() / cfg.grad_accum
+    except NonFiniteError:
+        return None
+    if not torch.isfinite(loss):
+        return None
+    loop.acc.backward(loss)
+    return loss.detach()
+
+
+def accumulate(loop: _Loop, step: int) -> tuple[torch.Tensor, bool]:
+    """Every micro-batch of a step: ``(summed loss, whether one was not finite)``."""
+    total = torch.zeros((), device=loop.acc.device, dtype=torch.float64)
+    for micro in range(loop.config.grad_accum):
+        loss = micro_step(loop, step, micro)
+        if loss is None:
+            return total, True
+        total += loss.double()
+    return total, False
+
+
+def sync_gradients(loop: _Loop, total: torch.Tensor, bad: bool) -> tuple[torch.Tensor, float, bool]:
+    """Average gradients, the loss and the bad-step flag over processes in one flat
+    all-reduce: ``(flat gradients + loss + flag, global loss, whether to skip the step)``."""
+    device = loop.acc.device
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in loop.params]
+        + [total.float().view(1), torch.tensor([float(bad)], device=device)]
+    )
+    world = loop.acc.num_processes
+    if world > 1:
+        flat = loop.acc.reduce(flat, "sum")
+        flat[:-1] /= world
+    # fp16 loss scaling handles overflowing gradients itself (the scaler skips them).
+    grads_ok = loop.acc.scaler is not None or bool(torch.isfinite(flat[:-1]).all())
+    return flat, float(flat[-2]), bool(flat[-1] > 0) or not grads_ok
+
+
+def update(loop: _Loop, flat: torch.Tensor, step: int) -> float:
+    """Write the averaged gradients back, clip, step AdamW and follow with the EMAs; returns
+    the gradient norm before clipping (NaN when clipping is off)."""
+    offset = 0
+    for p in loop.params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+        offset += n
+    grad_norm = float("nan")
+    if loop.config.max_grad_norm > 0:
+        grad_norm = float(loop.acc.clip_grad_norm_(loop.params, loop.config.max_grad_norm))
+    loop.opt.step()
+    with torch.no_grad():
+        for name, m in loop.emas.items():
+            d = loop.decays[name]
+            decay = float(d(step) if callable(d) else d)
+            for pe, ps in zip(m.parameters(), loop.student.parameters(), strict=True):
+                pe.lerp_(ps.detach(), 1 - decay)
+    loop.counters["bad_streak"] = 0
+    return grad_norm
+
+
+def skip(loop: _Loop, step: int) -> None:
+    """Skip a step with a NaN/Inf loss or gradient: no update; count it; stop if it persists."""
+    counters = loop.counters
+    counters["skipped"] += 1
+    counters["bad_streak"] += 1
+    log.warning("step %d: non-finite loss or gradient, step skipped", step)
+    if counters["bad_streak"] >= loop.config.max_bad_steps:
+        raise TrainingDivergedError(
+            f"{counters['bad_streak']} consecutive steps with a NaN/Inf loss or "
+            f"gradient (up to step {step}; {counters['skipped']} skipped in all); "
+            "lower the learning rate, use fp32 (mixed_precision='no') or check the "
+            f"teacher. The last good checkpoint is {loop.ckpt}"
+        )
+
+
+def checkpoint(loop: _Loop) -> None:
+    """Write the run's state (atomically, on the main process) and wait for every process."""
+    if loop.acc.is_main_process:
+        _save_checkpoint(
+            loop.ckpt, loop.student, loop.emas, loop.opt, loop.counters, loop.hash_config
+        )
+    loop.acc.wait_for_everyone()
+
+
+def finish(
+    loop: _Loop,
+    evaluate: Callable[[nn.Module, int], dict[str, float]] | None,
+    first: int,
+    t0: float,
+) -> None:
+    """The final evaluation (unless the last periodic one was at the end) and the run's log."""
+    config, counters = loop.config, loop.counters
+    trained = counters["step"] > first
     if (
         trained
         and evaluate is not None
         and (not config.eval_every or config.steps % config.eval_every)
     ):
-        _evaluate(acc, evaluate, emas.get("ema", student), config.steps, eval_log)
+        model = loop.emas.get("ema", loop.student)
+        _evaluate(loop.acc, evaluate, model, config.steps, loop.eval_log)
     if trained:
-        rate = (counters["step"] - start) / max(1e-9, time.time() - t0)
+        rate = (counters["step"] - first) / max(1e-9, time.time() - t0)
         log.info(
             "trained %s to step %d (%.2f it/s, %d skipped)",
-            out_dir,
+            loop.ckpt.parent,
             counters["step"],
             rate,
             counters["skipped"],
         )
     if counters["skipped"]:
         log.warning("%d of %d steps were skipped (NaN/Inf)", counters["skipped"], config.steps)
-    return TrainResult(student, emas, counters["step"], counters["skipped"], last_loss, ckpt)
 
 
 def _evaluate(acc, evaluate, model: nn.Module, step: int, eval_log: _CsvLog) -> None:
