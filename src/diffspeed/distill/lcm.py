@@ -52,7 +52,7 @@ class LCM(MethodConfig):
             (diffspeed scale: 1 = conditional; LCM's ``omega`` is ``w - 1``). A range makes
             the student take ``guidance_scale`` in its cond (a WCondUNet); a single scale
             (``low == high``) distils that scale without an embedding.
-        guidance: the scale the student samples at by default.
+        guidance: the scale a w-conditioned student samples at by default.
         metric: the distance (pseudo-Huber, c = 0.00054 sqrt(d); or ``"l2"``).
         target_decay: EMA decay of the target network (LCM: 0.95).
         groups: distinct grid indices per batch (one teacher solver call each).
@@ -125,8 +125,10 @@ class LCM(MethodConfig):
             strength=self.strength,
             init=init,
         )
-        w_range = self.w_range if self.w_embedding else None
-        recipe = consistency_recipe(student, guidance=self.guidance, w_range=w_range)
+        if self.w_embedding:
+            recipe = consistency_recipe(student, guidance=self.guidance, w_range=self.w_range)
+        else:  # the one distilled scale is baked in
+            recipe = consistency_recipe(student, guidance=self.w_range[0])
         loss = lcm_loss(self, teacher, out, opts.progress)
         info = {"init": str(self.init)} if self.init else None
         return train_consistency(
