@@ -116,8 +116,12 @@ def test_bad_student_files_are_refused(tmp_path):
 
 def test_bench_student_row(tmp_path):
     from diffspeed.bench.config import Row
-    from diffspeed.bench.methods import BenchContext, build_generator
-    from diffspeed.distill import bench  # noqa: F401  (registers the row kind)
+    from diffspeed.bench.methods import BenchContext, build_generator, load_method_modules
+    from diffspeed.distill.methods import bench_rows
+
+    # the distilled students' row kinds come from the DISTILLERS registry
+    assert set(bench_rows()) == {"student", "consistency", "lcm-lora"}
+    load_method_modules()
 
     student = make_student(teacher(), "v", w_conditioned=True)
     sig = get_sigmas(student, "trailing", 2)

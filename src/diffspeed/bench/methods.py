@@ -126,14 +126,15 @@ class MethodSpec:
 
 METHODS: Registry[MethodSpec] = Registry("bench method")
 
-#: Modules that register row kinds with :func:`register_method`, imported before a bench
-#: resolves its rows. An area adds its module here (one line), e.g. "diffspeed.distill.bench".
-METHOD_MODULES: tuple[str, ...] = ("diffspeed.distill.bench", "diffspeed.distill.consistency_bench")
-
-
 def load_method_modules(extra: Sequence[str] = ()) -> None:
-    """Import :data:`METHOD_MODULES` and ``extra`` (a bench's ``plugins``) so they register."""
-    for name in (*METHOD_MODULES, *extra):
+    """Register the distilled students' row kinds (resolved through the ``DISTILLERS``
+    registry) and import ``extra`` modules (a bench's ``plugins``) so they register theirs."""
+    from diffspeed.distill.methods import bench_rows
+
+    for kind, build in bench_rows().items():
+        if kind not in METHODS:
+            register_method(kind, family="student")(build)
+    for name in extra:
         try:
             importlib.import_module(name)
         except ImportError as e:

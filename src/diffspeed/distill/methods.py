@@ -150,3 +150,12 @@ def distill(
     if data is None and config.needs_data:
         raise ConfigError(f"{config.method} trains on data: pass data=(x0, cond)")
     return config.run(teacher, runs, Path(out), data, RunOptions(resume, progress, evaluate))
+
+
+def bench_rows() -> dict[str, Callable[[Any, Any], Any]]:
+    """The bench row kinds that sample the registered methods' students, with their builders
+    (``row, ctx -> generator``), resolved through :data:`DISTILLERS`."""
+    import diffspeed.distill  # noqa: F401 - fills DISTILLERS
+    from diffspeed.distill.bench import ROW_BUILDERS
+
+    return {DISTILLERS[n].bench_row: ROW_BUILDERS[DISTILLERS[n].bench_row] for n in DISTILLERS}
