@@ -1,0 +1,43 @@
+"""A tiny ``train_mini_sd`` run for the kill-and-resume test.
+
+usage: python minisd_train_script.py OUT [--kill-after-checkpoint K]
+Kills itself with SIGKILL right after the K-th checkpoint is written (an injected kill, not a
+timed one).
+"""
+
+import argparse
+import os
+import signal
+
+import torch
+
+torch.set_num_threads(1)
+
+from diffspeed.models.minisd import train  # noqa: E402
+
+TINY = train.MiniSDTraining(
+    vae_steps=4, vae_batch=4, unet_steps=4, unet_batch=4, warmup=1, max_shift=0,
+    checkpoint_every=2,
+)  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--kill-after-checkpoint", type=int, default=-1)
+    a = p.parse_args()
+    if a.kill_after_checkpoint >= 0:
+        real, written = train._save_train_state, []
+
+        def dying_save(*args, **kwargs):
+            real(*args, **kwargs)
+            written.append(1)
+            if len(written) == a.kill_after_checkpoint:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        train._save_train_state = dying_save
+    train.train_mini_sd(a.out, TINY)
+
+
+if __name__ == "__main__":
+    main()

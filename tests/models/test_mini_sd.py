@@ -1,0 +1,100 @@
+"""mini-sd: its tokenizer, data maps, the shipped pipeline folder, and a resumable training."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffspeed.errors import WeightsError
+from diffspeed.models.minisd import data as msd
+from diffspeed.models.minisd.quality import load_pipeline, mini_sd_path
+from diffspeed.models.minisd.tokenizer import MAX_LENGTH, save_tokenizer
+
+SCRIPT = Path(__file__).with_name("minisd_train_script.py")
+
+
+def test_every_caption_word_is_one_token(tmp_path):
+    from transformers import CLIPTokenizer
+
+    save_tokenizer(tmp_path, msd.all_captions())
+    tok = CLIPTokenizer.from_pretrained(tmp_path)
+    for text in msd.all_captions():
+        ids = tok(text).input_ids
+        words = text.replace(",", " ,").split()
+        assert len(ids) == len(words) + 2 <= MAX_LENGTH
+        assert tok.unk_token_id not in ids[1:-1]
+    # other text still tokenises (as characters), and the empty prompt is start + end
+    assert len(tok("zebra").input_ids) > 3
+    assert tok("").input_ids == [tok.bos_token_id, tok.eos_token_id]
+
+
+def test_styles_order_stroke_mass_and_translation():
+    x, y, s = msd.dataset()
+    mass = [float(msd.stroke_mass(x[s == k]).mean()) for k in range(len(msd.STYLES))]
+    regular, thin, thick = mass
+    assert thin < regular < thick
+    assert msd.pool_to_8x8(x[:3]).shape == (3, 1, 8, 8)
+    moved = msd.translate(x[:2], 2, -1)  # two right, one up; the uncovered border is background
+    assert torch.equal(moved[..., :-1, 2:], x[:2, :, 1:, :-2])
+    assert (moved[..., :, :2] == -1).all() and (moved[..., -1, :] == -1).all()
+
+
+@pytest.mark.skipif(not (mini_sd_path() / "model_index.json").is_file(), reason="not shipped")
+def test_shipped_folder_loads_offline_and_generates(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = load_pipeline()
+    out = pipe(
+        ["a handwritten seven", "a thin 3"], num_inference_steps=3, height=32, width=32,
+        output_type="pt", generator=torch.Generator().manual_seed(0),
+    ).images  # fmt: skip
+    assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+    total = sum(p.stat().st_size for p in mini_sd_path().rglob("*.safetensors"))
+    assert total < 12 * 2**20
+
+
+def test_pickled_pipeline_folder_is_refused(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(WeightsError, match="pickled"):
+        load_pipeline(tmp_path)
+
+
+def _run(out, *extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), str(out), *extra], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def _weights(folder):
+    return {
+        part: load_file(folder / part / "diffusion_pytorch_model.safetensors")
+        for part in ("unet", "vae")
+    }
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    ref = tmp_path_factory.mktemp("minisd") / "ref"
+    done = _run(ref)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return ref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [1, 3])  # inside the VAE stage; inside the UNet stage
+def test_sigkill_then_resume_is_bit_identical(tmp_path, reference_run, kill_after):
+    ref = reference_run
+    run = tmp_path / "run"
+    killed = _run(run, "--kill-after-checkpoint", str(kill_after))
+    assert killed.returncode == -9  # SIGKILL
+    assert not (run / "unet").exists()
+    done = _run(run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = _weights(ref), _weights(run)
+    for part in a:
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
