@@ -30,7 +30,8 @@ def _segment(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     """CLIP's BPE of one word: repeatedly merge the best-ranked adjacent pair."""
     parts = _symbols(word)
     while len(parts) > 1:
-        pairs = [(ranks.get(p, len(ranks)), i) for i, p in enumerate(zip(parts, parts[1:], strict=False))]
+        adjacent = zip(parts, parts[1:], strict=False)
+        pairs = [(ranks.get(p, len(ranks)), i) for i, p in enumerate(adjacent)]
         rank, i = min(pairs)
         if rank == len(ranks):
             break
