@@ -1,8 +1,6 @@
 """Students: the w-conditioned UNet, save / load / sample with the recorded recipe, the CLI
 and the bench row."""
 
-import json
-
 import pytest
 import torch
 from distill_toys import AC, NULL, TINY_UNET, tiny_unet
@@ -15,7 +13,7 @@ from diffspeed.distill.students import (
     sample_student,
     save_student,
 )
-from diffspeed.distill.wcond import WCondUNet, load_wcond, save_wcond
+from diffspeed.distill.wcond import WCondUNet, build_wcond
 from diffspeed.errors import ConfigError, ShapeError, UnsupportedModelError, WeightsError
 from diffspeed.models.io import atomic_write_json, save_weights
 from diffspeed.models.teacher import digits_cond_spec
@@ -35,16 +33,16 @@ def test_wcond_starts_equal_to_the_unet_for_every_scale():
             assert torch.equal(w(X, T, Y, scale), ref)
 
 
-def test_wcond_scale_matters_once_trained_and_round_trips(tmp_path):
+def test_wcond_scale_matters_once_trained_and_round_trips():
     w = WCondUNet(tiny_unet())
     with torch.no_grad():
         w.unet.class_embedding.w_mlp[2].weight.normal_()
         assert not torch.allclose(w(X, T, Y, 1.0), w(X, T, Y, 3.0))
-    save_wcond(w, tmp_path / "w.safetensors")
-    back = load_wcond(tmp_path / "w.safetensors")
-    assert json.loads((tmp_path / "w.json").read_text())["kind"] == "wcond_unet"
-    for (k, a), (_, b) in zip(w.state_dict().items(), back.state_dict().items(), strict=True):
-        assert torch.equal(a, b), k
+    back = build_wcond(w.config())
+    back.load_state_dict(w.state_dict())
+    assert w.config()["kind"] == "wcond_unet"
+    with torch.no_grad():
+        assert torch.equal(back(X, T, Y, 3.0), w(X, T, Y, 3.0))
     with pytest.raises(ShapeError):
         w(X, T, Y, torch.ones(3))
 
@@ -223,8 +221,11 @@ def test_cli_consistency_methods_ship_and_sample(tmp_path, monkeypatch):
     t = str(tiny_teacher_file(tmp_path))
     common = ["--teacher", t, "--batch-size", "4", "--steps", "2", "--no-progress"]
     cd = ["--n-start", "4", "--n-end", "4", "--solver", "ddim", "--ship", "cd"]
+    cd += ["--eval-every", "2", "--eval-samples", "10"]
     # the former command name is an alias of distill
     assert main(["consistency", "cd", "--out", str(tmp_path / "cd"), *cd, *common]) == 0
+    header = (tmp_path / "cd" / "eval_log.csv").read_text().splitlines()[0]
+    assert header == "step,fdd1,accuracy1,fdd4,accuracy4"
     den, recipe = load_consistency(tmp_path / "assets" / "cd.safetensors")
     assert recipe.solver == "lcm" and den.strength == 0.6
     out = tmp_path / "lora"

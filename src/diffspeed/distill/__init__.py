@@ -40,7 +40,7 @@ from diffspeed.distill.trainer import (
     step_generator,
     train,
 )
-from diffspeed.distill.wcond import WCondUNet, WEmbedConfig, load_wcond, save_wcond
+from diffspeed.distill.wcond import WCondUNet, WEmbedConfig
 
 __all__ = [
     "CD",
@@ -70,12 +70,10 @@ __all__ = [
     "WEmbedConfig",
     "distill",
     "load_student",
-    "load_wcond",
     "make_student",
     "module_tensors",
     "sample_student",
     "save_student",
-    "save_wcond",
     "shipped_students",
     "step_generator",
     "teacher_dataset",

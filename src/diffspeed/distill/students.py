@@ -368,17 +368,26 @@ def recipe_evaluator(
     """Factory for periodic evaluation: ``recipe -> fn(student, step) -> score(x, cond)``.
 
     Samples ``n`` of the spec's example conditions with the recipe from fixed noise seeds
-    ``seed * 1_000_003 + i`` (never the reference set's) and scores them with ``score``.
+    ``seed * 1_000_003 + i`` (never the reference set's) and scores them with ``score``; a
+    consistency student (``lcm`` recipe) is scored at 1 and 4 steps (``fdd1``, ``fdd4``...).
     """
+    from diffspeed.distill.consistency import sample_consistency
     from diffspeed.solvers import seeded_noise
 
     cond = spec.example_cond(n)
-    noise = seeded_noise([seed * 1_000_003 + i for i in range(n)], sample_shape(spec))
+    seeds = [seed * 1_000_003 + i for i in range(n)]
+    noise = seeded_noise(seeds, sample_shape(spec))
 
     def for_recipe(recipe: Recipe) -> Any:
-        def evaluate(student: DiscreteVPDenoiser, step: int) -> dict[str, float]:
-            x = sample_student((student, recipe), noise.to(student.device), cond, guidance=guidance)
-            return score(x, cond)
+        def evaluate(student: Any, step: int) -> dict[str, float]:
+            z = noise.to(student.device)
+            if recipe.solver != "lcm":
+                return score(sample_student((student, recipe), z, cond, guidance=guidance), cond)
+            scores = {}
+            for k in (1, 4):
+                x = sample_consistency((student, recipe), z, cond, k, generator=seeds)
+                scores.update({f"{name}{k}": v for name, v in score(x, cond).items()})
+            return scores
 
         return evaluate
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from diffspeed.errors import ConfigError, NonFiniteError, ShapeError, WeightsError
-from diffspeed.models.io import atomic_write_bytes, config_hash, load_weights, save_weights
+from diffspeed.models.io import atomic_write_bytes, load_weights, save_weights
 
 log = logging.getLogger("diffspeed")
 
@@ -750,8 +750,3 @@ def _evaluate(acc, evaluate, model: nn.Module, step: int, eval_log: _CsvLog) -> 
         log.info("step %d eval %s", step, metrics)
         eval_log.write({"step": step, **metrics})
     acc.wait_for_everyone()
-
-
-def run_hash(config: TrainConfig, loss_fn: Any, run_info: Mapping[str, Any] | None = None) -> str:
-    """The hash a checkpoint of this run carries (see :func:`train`)."""
-    return config_hash(run_config(config, loss_fn, run_info))

@@ -14,17 +14,14 @@ wrapped UNet computes for every ``w`` (the student starts as the teacher).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from diffspeed.errors import ConfigError, ShapeError, UnsupportedModelError, WeightsError
-from diffspeed.models.io import atomic_write_json, load_state_into, load_weights, save_weights
+from diffspeed.errors import ConfigError, ShapeError, UnsupportedModelError
 
 #: ``kind`` recorded in the JSON config of a saved :class:`WCondUNet`.
 KIND = "wcond_unet"
@@ -151,24 +148,3 @@ def build_wcond(config: dict[str, Any]) -> WCondUNet:
     if config.get("kind") != KIND:
         raise ConfigError(f"config kind {config.get('kind')!r} is not {KIND!r}")
     return WCondUNet(UNet2DModel(**config["unet"]), WEmbedConfig(**config["w_embed"]))
-
-
-def save_wcond(model: WCondUNet, path: str | Path, *, int8: bool = False) -> Path:
-    """Save ``model`` as ``path`` (safetensors, atomic) and its config beside it (``.json``)."""
-    path = Path(path)
-    cfg = model.config()
-    save_weights(path, model.state_dict(), cfg, int8=int8)
-    atomic_write_json(path.with_suffix(".json"), cfg)
-    return path
-
-
-def load_wcond(path: str | Path) -> WCondUNet:
-    """Load a :class:`WCondUNet` written by :func:`save_wcond` (config read from ``.json``)."""
-    path = Path(path)
-    cfg_path = path.with_suffix(".json")
-    if not cfg_path.is_file():
-        raise WeightsError(f"{cfg_path} is missing; a WCondUNet needs its JSON config beside it")
-    cfg = json.loads(cfg_path.read_text())
-    model = build_wcond(cfg)
-    load_state_into(model, load_weights(path, cfg), str(path))
-    return model
