@@ -24,7 +24,6 @@ import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -73,7 +72,6 @@ class BenchContext:
         guidance: the run's default guidance scale.
         device: where the model lives (noise and conditions are moved there).
         model_size_bytes: bytes of the model's weights.
-        teacher_path: the embedded teacher's weight file (None for a user's model).
         scoring: the model's domain metrics (None: fidelity to the reference only).
     """
 
@@ -82,7 +80,6 @@ class BenchContext:
     guidance: float
     device: torch.device
     model_size_bytes: int
-    teacher_path: Path | None = None
     scoring: ModelScoring | None = None
 
     @property

@@ -116,13 +116,11 @@ def _load_import_path(spec: str) -> Any:
 def load_model(opts: ModelOptions, guidance: float, device: torch.device) -> BenchContext:
     """Load the model under test as a :class:`BenchContext`."""
     from diffspeed.models.scoring import scoring_for
-    from diffspeed.models.teacher import ASSETS, load_teacher
+    from diffspeed.models.teacher import load_teacher
 
     src = opts.source
-    teacher_path = None
     if src is None or src.endswith(".safetensors"):
-        teacher_path = Path(src) if src else ASSETS / "teacher.safetensors"
-        den = load_teacher(teacher_path)
+        den = load_teacher(src)
     elif Path(src).is_dir():
         den = _load_diffusers(Path(src), opts.uncond)
     elif re.fullmatch(r"[\w.]+:\w+", src):
@@ -150,7 +148,6 @@ def load_model(opts: ModelOptions, guidance: float, device: torch.device) -> Ben
         guidance=guidance,
         device=device,
         model_size_bytes=param_bytes(network_of(den)),
-        teacher_path=teacher_path,
         scoring=scoring_for(den.cond_spec),
     )
 
