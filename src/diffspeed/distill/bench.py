@@ -23,12 +23,10 @@ from typing import Any
 
 import torch
 
+from diffspeed.core.contract import network_of
 from diffspeed.distill.students import as_cond, load_student, sample_student
 from diffspeed.errors import ConfigError
-
-
-def _bytes(module: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+from diffspeed.models.io import param_bytes
 
 
 class StudentGenerator:
@@ -38,7 +36,7 @@ class StudentGenerator:
         self.student = load_student(name, device=ctx.device)
         self.guidance = guidance
         self.nfe = self.rounds = 0
-        self.model_size_bytes = _bytes(self.student[0])
+        self.model_size_bytes = param_bytes(network_of(self.student[0]))
 
     def generate(self, noise: torch.Tensor, cond: Mapping[str, Any], seeds: Sequence[int]) -> Any:
         """Sample ``noise`` with the student's recipe (deterministic: seeds are unused)."""
@@ -117,7 +115,7 @@ def consistency_row(row: Any, ctx: Any) -> ConsistencyGenerator:
     scale = ctx.scale(row)
     _baked(row, recipe, scale)
     guidance = scale if recipe.w_conditioned else None
-    return ConsistencyGenerator((den, recipe), _steps(row), guidance, _bytes(den))
+    return ConsistencyGenerator((den, recipe), _steps(row), guidance, param_bytes(network_of(den)))
 
 
 def lcm_lora_row(row: Any, ctx: Any) -> ConsistencyGenerator:
@@ -140,7 +138,9 @@ def lcm_lora_row(row: Any, ctx: Any) -> ConsistencyGenerator:
             f"row {row.label!r}: the adapter distils guidance {trained}; set guidance = {trained}"
         )
     den = load_lora(path, base)
-    return ConsistencyGenerator((den, Recipe("lcm", (0.0,))), _steps(row), None, _bytes(den))
+    return ConsistencyGenerator(
+        (den, Recipe("lcm", (0.0,))), _steps(row), None, param_bytes(network_of(den))
+    )
 
 
 #: Row builders by the ``bench_row`` kind the method configs name.

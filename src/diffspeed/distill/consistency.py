@@ -275,11 +275,11 @@ def train_consistency(
     ``info`` with the boundary scalings and the method's config) and returns its path.
     ``opts`` are the run's :class:`~diffspeed.distill.methods.RunOptions`.
     """
-    from diffspeed.distill.students import module_digest, save_student
+    from diffspeed.distill.students import save_student
     from diffspeed.distill.trainer import train
+    from diffspeed.models.io import weights_digest
 
-    base = network_of(teacher)
-    run_info = {"teacher": module_digest(base) if base is not None else None}
+    run_info = {"teacher": weights_digest(network_of(teacher))}
     result = train(
         student,
         loss,

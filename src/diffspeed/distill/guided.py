@@ -31,11 +31,11 @@ from diffspeed.distill.students import (
     Recipe,
     load_student,
     make_student,
-    module_digest,
     save_student,
 )
 from diffspeed.distill.trainer import LossContext, TrainConfig, TrainData, train
 from diffspeed.errors import ConfigError
+from diffspeed.models.io import weights_digest
 
 
 @register("guided")
@@ -154,7 +154,7 @@ def guided_stages(
         stage1, stage2: loop settings of stage 1 and of each stage-2 round.
     """
     teacher.cond_spec.uncond_values()  # refuses a teacher without an unconditional input
-    digest = module_digest(network_of(teacher))
+    digest = weights_digest(network_of(teacher))
     prog = config.progressive()
     grid = teacher_grid(teacher, prog)
     recipe = Recipe(

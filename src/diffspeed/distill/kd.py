@@ -20,10 +20,11 @@ import torch
 from diffspeed.core.contract import network_of
 from diffspeed.distill.methods import MethodConfig, RunOptions, register
 from diffspeed.distill.progressive import STEP_TRAIN
-from diffspeed.distill.students import Recipe, make_student, module_digest, save_student
+from diffspeed.distill.students import Recipe, make_student, save_student
 from diffspeed.distill.trainer import LossContext, TrainConfig, TrainData, train
 from diffspeed.errors import ConfigError
-from diffspeed.models.io import cached_tensors
+from diffspeed.models.io import cached_tensors, weights_digest
+from diffspeed.progress import track
 
 log = logging.getLogger("diffspeed")
 
@@ -108,18 +109,14 @@ def teacher_dataset(
     from diffspeed.solvers import sample, seeded_noise
 
     spec = teacher.cond_spec
-    settings = (config.to_dict(), module_digest(teacher), spec.keys)
+    settings = (config.to_dict(), weights_digest(teacher), spec.keys)
     key = hashlib.sha256(repr(settings).encode()).hexdigest()
 
     def compute() -> dict[str, torch.Tensor]:
         seeds = [config.seed * 1_000_003 + i for i in range(config.num_pairs)]
         noise = seeded_noise(seeds, sample_shape(spec))
         cond = spec.example_cond(config.num_pairs)
-        chunks: Any = range(0, config.num_pairs, batch_size)
-        if progress:
-            from rich.progress import track
-
-            chunks = track(chunks, description="teacher outputs")
+        chunks = track(range(0, config.num_pairs, batch_size), "teacher outputs", progress)
         outs = []
         for i in chunks:
             sl = slice(i, i + batch_size)
@@ -170,7 +167,7 @@ def kd_student(
         data=data,
         resume=opts.resume,
         evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
-        run_info={"teacher": module_digest(network_of(teacher))},
+        run_info={"teacher": weights_digest(network_of(teacher))},
         progress=opts.progress,
     )
     path = out_dir / "student.safetensors"

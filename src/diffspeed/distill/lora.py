@@ -26,6 +26,7 @@ from torch import nn
 from diffspeed.core.contract import innermost, network_of
 from diffspeed.distill.methods import MethodConfig, RunOptions, register
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError
+from diffspeed.models.io import weights_digest
 
 log = logging.getLogger("diffspeed")
 
@@ -386,11 +387,10 @@ def train_lcm_lora(
     embedding, ``objective="lcm"``) or the regression onto a trained full-weight LCM
     (:class:`~diffspeed.distill.lcm_kd.LCMKDLoss`, ``"lcmkd"``); ``info`` records which."""
     from diffspeed.distill.consistency import consistency_recipe
-    from diffspeed.distill.students import module_digest
     from diffspeed.distill.trainer import train
 
     student = lora_student(teacher, config, loss.config.boundary, loss.config.strength)
-    digest = module_digest(network_of(teacher))
+    digest = weights_digest(network_of(teacher))
     guidance = loss.config.w_range[0]
     recipe = consistency_recipe(student, guidance=guidance)
     result = train(

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from diffspeed.configs import dataclass_from_dict
 from diffspeed.errors import ConfigError
 from diffspeed.registry import Registry
 
@@ -27,17 +28,6 @@ DISTILLERS: Registry[type[MethodConfig]] = Registry("distillation method")
 
 #: ``evaluate(recipe) -> fn(student, step) -> {metric: value}``: a run's periodic evaluation.
 EvaluatorFactory = Callable[[Any], Callable[[Any, int], dict[str, float]]]
-
-
-def config_from_dict(cls: type, d: Mapping[str, Any]) -> Any:
-    """Build the frozen dataclass ``cls`` from a dict, refusing unknown keys (JSON round trip:
-    lists become tuples)."""
-    names = {f.name for f in fields(cls)}
-    extra = sorted(set(d) - names)
-    if extra:
-        raise ConfigError(f"{cls.__name__} has no field(s) {extra}; allowed: {sorted(names)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return cls(**kwargs)
 
 
 class MethodConfig:
@@ -63,7 +53,7 @@ class MethodConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Any:
         """Inverse of :meth:`to_dict`; unknown keys are refused."""
-        return config_from_dict(cls, d)
+        return dataclass_from_dict(cls, d)
 
     def stages(self) -> int:
         """How many training runs the method makes (one :class:`TrainConfig` each)."""

@@ -42,11 +42,11 @@ from diffspeed.distill.students import (
     frozen_copy,
     load_student,
     make_student,
-    module_digest,
     save_student,
 )
 from diffspeed.distill.trainer import LossContext, TrainConfig, TrainData, train
 from diffspeed.errors import ConfigError
+from diffspeed.models.io import weights_digest
 
 log = logging.getLogger("diffspeed")
 
@@ -149,7 +149,7 @@ class Progressive(MethodConfig):
             from diffspeed.core.guidance import guidance
 
             guided = guidance(teacher, self.guidance)
-        info = {"teacher": module_digest(network_of(teacher))}
+        info = {"teacher": weights_digest(network_of(teacher))}
         return progressive_rounds(guided, self, train, out, data, opts, run_info=info)
 
 

@@ -197,19 +197,6 @@ def make_student(
     return den
 
 
-def module_digest(module: nn.Module) -> str:
-    """Short sha256 of a module's weights (identifies a teacher in run hashes and caches)."""
-    import hashlib
-
-    from diffspeed.distill.trainer import module_tensors
-
-    h = hashlib.sha256()
-    for k, v in sorted(module_tensors(module).items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def frozen_copy(student: DiscreteVPDenoiser) -> DiscreteVPDenoiser:
     """A no-gradient, eval-mode deep copy (the next round's teacher)."""
     return copy.deepcopy(student).requires_grad_(False).eval()

@@ -34,8 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffspeed.configs import dataclass_from_dict
 from diffspeed.errors import ConfigError, NonFiniteError, ShapeError, WeightsError
 from diffspeed.models.io import atomic_write_bytes, load_weights, save_weights
+from diffspeed.progress import Progress
 
 log = logging.getLogger("diffspeed")
 
@@ -121,9 +123,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Build from :meth:`to_dict` output; unknown keys are refused."""
-        from diffspeed.distill.methods import config_from_dict
-
-        return config_from_dict(cls, d)
+        return dataclass_from_dict(cls, d)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based)."""
@@ -339,42 +339,6 @@ class _CsvLog:
             w.writerow([row.get(k, "") for k in self.header])
 
 
-class _Progress:
-    """A rich progress bar with loss and ETA (or nothing)."""
-
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
-        self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("[bold]distill"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-            )
-            self.task = self.bar.add_task("distill", total=total, completed=start, loss="-")
-            self.bar.start()
-
-    def update(self, step: int, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.4g}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _accepts_ctx(loss_fn: Callable) -> bool:
     try:
         params = inspect.signature(loss_fn).parameters
@@ -495,9 +459,10 @@ def train(
         CheckpointError: an unusable checkpoint in ``out_dir`` while resuming.
     """
     loop = start(student, loss_fn, config, Path(out_dir), data, teacher, resume, run_info)
-    bar = _Progress(progress and loop.acc.is_main_process, config.steps, loop.counters["step"])
+    bar = Progress(progress and loop.acc.is_main_process, fields=("loss",))
     last_loss, t0, first = float("nan"), time.time(), loop.counters["step"]
-    try:
+    with bar:
+        task = bar.add("distill", config.steps, first, loss="-")
         while loop.counters["step"] < config.steps:
             step = loop.counters["step"]
             lr = config.lr_at(step)
@@ -513,7 +478,7 @@ def train(
                 grad_norm = update(loop, flat, step)
                 last_loss = step_loss
             loop.counters["step"] = step = step + 1
-            bar.update(step, step_loss)
+            bar.update(task, step, loss=f"{step_loss:.4g}")
             if config.log_every and (step % config.log_every == 0 or step == config.steps):
                 row = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm}
                 loop.train_log.write({**row, "skipped": loop.counters["skipped"]})
@@ -523,8 +488,6 @@ def train(
                 config.checkpoint_every and step % config.checkpoint_every == 0
             ):
                 checkpoint(loop)
-    finally:
-        bar.close()
     finish(loop, evaluate, first, t0)
     counters = loop.counters
     return TrainResult(

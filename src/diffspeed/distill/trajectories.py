@@ -101,8 +101,9 @@ def teacher_trajectories(
             (a torch module, fingerprinted by its weights), recomputed otherwise.
     """
     from diffspeed.core.guidance import guidance as cfg
-    from diffspeed.distill.students import module_digest, sample_shape
-    from diffspeed.models.io import cached_tensors
+    from diffspeed.distill.students import sample_shape
+    from diffspeed.models.io import cached_tensors, weights_digest
+    from diffspeed.progress import track
     from diffspeed.solvers import sample, seeded_noise
 
     if num < 1 or substeps < 1 or not 0 <= w_range[0] <= w_range[1]:
@@ -114,9 +115,8 @@ def teacher_trajectories(
     shape = sample_shape(spec)
     grid = torch.as_tensor(grid, dtype=torch.float64).cpu()
     settings = (grid.tolist(), num, tuple(w_range), seed, substeps, shape, spec.keys)
-    base = network_of(teacher)
     # a teacher that is not a torch module cannot be fingerprinted: its cache is never reused
-    digest = module_digest(base) if isinstance(base, torch.nn.Module) else None
+    digest = weights_digest(network_of(teacher))
     key = hashlib.sha256(repr((settings, digest)).encode()).hexdigest()[:16]
 
     def compute() -> dict[str, torch.Tensor]:
@@ -130,11 +130,7 @@ def teacher_trajectories(
         n_grid = len(grid)
         states = torch.empty(num, n_grid, *noise.shape[1:])
         endpoints = torch.empty_like(noise)
-        chunks: Any = range(0, num, batch_size)
-        if progress:
-            from rich.progress import track
-
-            chunks = track(chunks, description="teacher trajectories")
+        chunks = track(range(0, num, batch_size), "teacher trajectories", progress)
         for start in chunks:
             rows = slice(start, start + batch_size)
             den = cfg(teacher, w[rows].to(teacher.device))
