@@ -14,6 +14,8 @@ VALIDATION_SEED = 10**8
 
 def parse_labels(text: str) -> list[int]:
     """Parse ``"0-9"``, ``"3,5,7"`` or ``"0-4,7"`` into a list of digit labels."""
+    from diffspeed.models.digits import NUM_CLASSES
+
     out: list[int] = []
     try:
         for part in text.split(","):
@@ -24,8 +26,8 @@ def parse_labels(text: str) -> list[int]:
                 out.append(int(part))
     except ValueError:
         raise ConfigError(f"labels {text!r}: use a list like 0-9 or 1,3,5") from None
-    if not out or any(not 0 <= v <= 9 for v in out):
-        raise ConfigError(f"labels {text!r} must be digits 0..9")
+    if not out or any(not 0 <= v < NUM_CLASSES for v in out):
+        raise ConfigError(f"labels {text!r} must be digits 0..{NUM_CLASSES - 1}")
     return out
 
 
