@@ -196,6 +196,7 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], s
         raise WeightsError(f"{source} does not match the model's config: {detail}")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
 
+
 def _module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and persistent buffer of ``module`` once (shared tensors deduplicated)."""
     out = dict(module.named_parameters())
@@ -230,3 +231,29 @@ def param_bytes(module: Any) -> int:
         return 0
     tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}
     return int(sum(t.numel() * t.element_size() for t in tensors.values()))
+
+
+#: File suffixes of pickled weights, which diffspeed never loads.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_safetensors_folder(folder: str | os.PathLike) -> None:
+    """Refuse a diffusers model or pipeline folder that holds pickled weights.
+
+    ``from_pretrained(..., use_safetensors=True)`` then loads only ``.safetensors`` files; a
+    folder with ``.bin`` / ``.ckpt`` weights would otherwise be unpickled (arbitrary code).
+    """
+    from diffspeed.errors import WeightsError
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise WeightsError(f"{root} is not a folder; pass a diffusers model or pipeline folder")
+    pickled = sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.suffix in PICKLE_SUFFIXES
+    )
+    if pickled:
+        raise WeightsError(
+            f"{root} holds pickled weights ({', '.join(pickled[:3])}); diffspeed loads "
+            "safetensors only. Convert them (load once in a trusted session, then "
+            "save_pretrained(..., safe_serialization=True)) and remove the pickled files"
+        )
