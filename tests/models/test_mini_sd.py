@@ -98,3 +98,18 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, reference_run, kill_afte
     for part in a:
         assert a[part].keys() == b[part].keys()
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+
+
+@pytest.mark.skipif(not (mini_sd_path() / "model_index.json").is_file(), reason="not shipped")
+def test_latent_denoiser_reads_its_spec_and_caches_prompts():
+    import diffspeed
+    from diffspeed.models.minisd.quality import mini_sd_denoiser
+
+    den = mini_sd_denoiser()
+    assert den.cond_spec.keys == ("encoder_hidden_states",)
+    cond = den.cond_spec.example_cond(12)  # 12 samples, 10 distinct prompts
+    assert len(den.prompts.table) == 11  # ten digit prompts and the empty one (uncond)
+    noise = diffspeed.seeded_noise(range(12), (4, 8, 8))
+    x = diffspeed.sample(diffspeed.guidance(den, 3.0), noise, "dpmpp_2m", 6, cond=cond)
+    assert x.shape == (12, 4, 8, 8) and torch.isfinite(x).all()
+    assert torch.equal(cond["encoder_hidden_states"][0], cond["encoder_hidden_states"][10])

@@ -41,6 +41,50 @@ def load_pipeline(path: str | Path | None = None, scheduler: Any = None) -> Any:
     return pipe
 
 
+class PromptCache:
+    """Prompt embeddings computed once per distinct prompt (condition caching): a sampler that
+    asks for the same prompts again, at every step or in every batch, reuses them."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe, self.table = pipe, {}
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        """``[len(prompts), L, D]`` encoder hidden states, as the pipeline computes them."""
+        missing = sorted({p for p in prompts if p not in self.table})
+        if missing:
+            with torch.no_grad():
+                emb, _ = self.pipe.encode_prompt(missing, "cpu", 1, False)
+            self.table.update(zip(missing, emb, strict=True))
+        return torch.stack([self.table[p] for p in prompts])
+
+
+def mini_sd_denoiser(pipe: Any | None = None) -> Any:
+    """mini-sd's UNet as a diffspeed denoiser on its ``[4, 8, 8]`` latents.
+
+    Its conditioning spec takes ``encoder_hidden_states`` (batch dim 0); the unconditional
+    input is the empty prompt's embeddings, and example conditions ask for digit ``i % 10``
+    ("a handwritten <word>"), embedded once per prompt (:class:`PromptCache`).
+    """
+    from diffspeed.core.adapters import from_diffusers
+    from diffspeed.core.contract import CondSpec
+
+    pipe = pipe if pipe is not None else load_pipeline()
+    cache = PromptCache(pipe)
+
+    def examples(n: int) -> dict[str, torch.Tensor]:
+        return {"encoder_hidden_states": cache(prompts_for([i % 10 for i in range(n)]))}
+
+    spec = CondSpec(
+        keys=("encoder_hidden_states",),
+        uncond={"encoder_hidden_states": cache([""])},
+        sample_shape=LATENT_SHAPE,
+        examples=examples,
+    )
+    den = from_diffusers(pipe.unet, pipe.scheduler, cond_spec=spec)
+    den.prompts = cache
+    return den
+
+
 def prompts_for(digits: list[int], style: str = "regular") -> list[str]:
     """One caption per digit in the first template of ``style`` (a word, not a numeral)."""
     return [msd.caption(d, style, 0, numeral=False) for d in digits]
