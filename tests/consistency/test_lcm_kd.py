@@ -14,7 +14,7 @@ from diffspeed.distill.consistency import (
     consistency_student,
 )
 from diffspeed.distill.lcm_kd import LCMKD, LCMKDLoss
-from diffspeed.distill.lora import LoRA, load_lora
+from diffspeed.distill.lora import LoRA, load_lora, read_lora
 from diffspeed.distill.students import make_student, save_student
 from diffspeed.errors import ConfigError, WeightsError
 
@@ -59,13 +59,14 @@ def _gap(den, source, labels):
 
 def test_lora_fitted_to_an_lcm_approaches_it(tmp_path, tiny_teacher):
     path, source = _source(tmp_path, tiny_teacher)
-    cfg = LCMKD.for_source(path, guidance=1.25, metric="l2")
-    assert (cfg.k, cfg.strength, cfg.boundary) == (20, 1.0, Boundary())
+    loss = LCMKDLoss(LCMKD(str(path), guidance=1.25, metric="l2"))
+    # the grid, strength and boundary come from the source
+    assert (loss.k, loss.source.strength, loss.source.boundary) == (20, 1.0, Boundary())
     labels = torch.arange(16) % 10
     x0 = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     y = torch.arange(64) % 10
     # an untrained adapter leaves the teacher as it is: the gap to close
-    before = _gap(ConsistencyDenoiser(tiny_teacher, cfg.boundary), source, labels)
+    before = _gap(ConsistencyDenoiser(tiny_teacher, Boundary()), source, labels)
     out = diffspeed.distill(
         tiny_teacher,
         LCMLoRA(guidance=1.25, metric="l2", rank=4, alpha=4, from_lcm=str(path)),
@@ -73,27 +74,24 @@ def test_lora_fitted_to_an_lcm_approaches_it(tmp_path, tiny_teacher):
         out=tmp_path / "run",
         data=(x0, {"class_labels": y}),
     )
-    assert out == tmp_path / "run" / "lora"
+    assert out == tmp_path / "run" / "lora" and read_lora(out)[2]["strength"] == 1.0
     after = _gap(load_lora(out, tiny_teacher), source, labels)
     assert after < 0.75 * before, (before, after)  # 2.93 -> 1.74 when written
 
 
-def test_lcm_kd_refuses_a_non_consistency_source_and_a_mismatched_boundary(tmp_path, tiny_teacher):
+def test_lcm_kd_refuses_a_non_consistency_source_and_another_guidance(tmp_path, tiny_teacher):
     plain = tmp_path / "plain.safetensors"
     student = make_student(tiny_teacher, "eps")
     save_student(plain, student, consistency_recipe(ConsistencyDenoiser(student)))
     with pytest.raises(WeightsError, match="not a consistency student"):
-        LCMKD.for_source(plain)
+        LCMKDLoss(LCMKD(str(plain)))
     baked = tmp_path / "baked.safetensors"
     info = {"boundary": Boundary().to_dict(), "strength": 1.0}
     save_student(baked, student, consistency_recipe(ConsistencyDenoiser(student)), **info)
     with pytest.raises(ConfigError, match="bakes in guidance 1.0"):
-        LCMKDLoss(LCMKD.for_source(baked, guidance=1.25))
-    path, _ = _source(tmp_path, tiny_teacher)
-    with pytest.raises(ConfigError, match="for_source"):
-        LCMKDLoss(LCMKD(str(path), boundary_scale=50.0))
+        LCMKDLoss(LCMKD(str(baked), guidance=1.25))
     with pytest.raises(ConfigError):
-        LCMKD(str(path), metric="l3")
+        LCMKD(str(baked), metric="l3")
 
 
 def test_consistency_student_starts_from_another_student(tiny_teacher):

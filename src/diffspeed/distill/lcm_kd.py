@@ -16,75 +16,36 @@ frozen base (diffusers format, plug-in for fine-tunes of the base).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffspeed.distill.consistency import (
-    METRICS,
-    Boundary,
-    consistency_info,
-    distance,
-    timestep_grid,
-)
+from diffspeed.core.contract import network_of
+from diffspeed.distill.consistency import METRICS, consistency_info, distance, timestep_grid
 from diffspeed.errors import ConfigError, unknown_name
 
 
 @dataclass(frozen=True)
 class LCMKD:
-    """Settings of the regression onto a trained consistency model.
+    """Settings of the regression onto a trained consistency model; the grid (``k``),
+    ``strength`` and boundary scalings are the source's.
 
     Attributes:
         source: the full-weight consistency student (``.safetensors`` from ``distill
             lcm``, or a shipped name such as ``"lcm"``).
         guidance: the scale the adapter bakes in (passed to a w-conditioned source).
-        k: the grid's skipping step in training timesteps (the source's ``k``).
-        strength: top of the grid (the source's trained ``strength``).
-        sigma_data, boundary_scale: the consistency parameterisation (the source's).
-        metric, huber_c: the distance (pseudo-Huber; c = 0.00054 sqrt(d) when None).
+        metric: the distance (pseudo-Huber, c = 0.00054 sqrt(d); or ``"l2"``).
     """
 
     source: str
     guidance: float = 1.25
-    k: int = 20
-    strength: float = 1.0
-    sigma_data: float = 0.5
-    boundary_scale: float = 100.0
     metric: str = "pseudo_huber"
-    huber_c: float | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise unknown_name("consistency metric", self.metric, METRICS)
-        if self.k < 1 or not 0 < self.strength <= 1 or self.guidance < 0:
-            raise ConfigError("LCM-KD needs k >= 1, strength in (0, 1] and guidance >= 0")
-
-    @classmethod
-    def for_source(cls, source: str | Path, **settings: Any) -> LCMKD:
-        """Settings whose grid and boundary are read from the source student's config."""
-        from diffspeed.distill.students import _resolve
-
-        info = consistency_info(source)
-        boundary = Boundary(**info["boundary"])
-        return cls(
-            source=str(_resolve(source)),
-            k=int(info.get("config", {}).get("k", cls.k)),
-            strength=float(info.get("strength", 1.0)),
-            sigma_data=boundary.sigma_data,
-            boundary_scale=boundary.scale,
-            **settings,
-        )
-
-    @property
-    def boundary(self) -> Boundary:
-        """The consistency parameterisation the adapter is built with (the source's)."""
-        return Boundary(self.sigma_data, self.boundary_scale)
-
-    @property
-    def w_range(self) -> tuple[float, float]:
-        """The baked-in guidance scale as a one-point range (like :class:`LCM`'s)."""
-        return (self.guidance, self.guidance)
+        if self.guidance < 0:
+            raise ConfigError(f"guidance must be >= 0, got {self.guidance}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -97,28 +58,23 @@ class LCMKDLoss:
 
     def __init__(self, config: LCMKD) -> None:
         from diffspeed.distill.consistency import load_consistency
-        from diffspeed.distill.students import unet_of
         from diffspeed.distill.wcond import WCondUNet
 
         self.config = config
         self.emas: dict[str, float] = {}  # the target is fixed: no target network
+        self.k = int(consistency_info(config.source).get("config", {}).get("k", 20))
         self.source, recipe = load_consistency(config.source)
         self.source.requires_grad_(False).eval()
-        self.w_conditioned = isinstance(unet_of(self.source.inner), WCondUNet)
+        self.w_conditioned = isinstance(network_of(self.source), WCondUNet)
         if not self.w_conditioned and recipe.guidance != config.guidance:
             raise ConfigError(
                 f"{config.source} bakes in guidance {recipe.guidance} (it takes no scale); "
                 f"fit the adapter at that guidance, not {config.guidance}"
             )
-        if config.boundary != self.source.boundary or config.strength != self.source.strength:
-            raise ConfigError(
-                f"the settings' boundary / strength differ from {config.source}'s; build them "
-                "with LCMKD.for_source"
-            )
 
     def __call__(self, student: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: Any):
         c = self.config
-        grid = timestep_grid(student, c.k, c.strength).to(x0.device)
+        grid = timestep_grid(student, self.k, self.source.strength).to(x0.device)
         idx = ctx.randint(1, len(grid)).to(x0.device)
         sigma = grid[idx]
         view = (-1,) + (1,) * (x0.ndim - 1)
@@ -131,4 +87,4 @@ class LCMKDLoss:
             self.source.to(x0.device)
         with torch.no_grad():
             target = self.source(x, sigma, **scond)
-        return distance(student(x, sigma, **cond), target, c.metric, c.huber_c)
+        return distance(student(x, sigma, **cond), target, c.metric, None)

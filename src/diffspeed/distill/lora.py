@@ -353,73 +353,49 @@ class LCMLoRA(MethodConfig):
         return LoRA(self.rank, float(self.alpha or self.rank), targets)
 
     def run(self, teacher: Any, train: list[Any], out: Path, data: Any, opts: RunOptions) -> Path:
-        """Train the adapter (EMA weights) and save it to ``out/lora/``; return that folder."""
+        """Train the adapter (EMA weights) and save it to ``out/lora/`` in the diffusers format;
+        return that folder. The objective is the LCM loss
+        (:class:`~diffspeed.distill.lcm.LCMLoss` without a guidance embedding) or, with
+        ``from_lcm``, the regression onto that LCM (:class:`~diffspeed.distill.lcm_kd.LCMKDLoss`,
+        whose grid, strength and boundary are the source's); ``info`` records which."""
+        from diffspeed.distill.consistency import consistency_recipe
         from diffspeed.distill.lcm import lcm_loss
+        from diffspeed.distill.trainer import train as train_loop
 
         if self.from_lcm:
             from diffspeed.distill.lcm_kd import LCMKD, LCMKDLoss
 
-            kd = LCMKD.for_source(self.from_lcm, guidance=self.guidance, metric=self.metric)
-            loss: Any = LCMKDLoss(kd)
+            loss: Any = LCMKDLoss(LCMKD(self.from_lcm, self.guidance, self.metric))
+            boundary, strength = loss.source.boundary, loss.source.strength
         else:
-            loss = lcm_loss(self, teacher, out, opts.progress)
-        objective = "lcmkd" if self.from_lcm else "lcm"
-        return train_lcm_lora(
-            teacher, loss, self.lora, train[0], out, data=data, opts=opts, objective=objective
+            loss, boundary, strength = lcm_loss(self, teacher, out, opts.progress), None, None
+        student = lora_student(
+            teacher, self.lora, boundary or self.boundary, strength or self.strength
         )
-
-
-def train_lcm_lora(
-    teacher: Any,
-    loss: Any,
-    config: LoRA,
-    train_config: Any,
-    out_dir: Path,
-    *,
-    data: Any,
-    opts: RunOptions,
-    objective: str = "lcm",
-) -> Path:
-    """LCM-LoRA: ``loss`` on a LoRA student; the trained adapter (EMA weights) is saved to
-    ``out_dir/lora/`` in the diffusers format. Returns that directory.
-
-    ``loss`` is the LCM loss (:class:`~diffspeed.distill.lcm.LCMLoss` without a guidance
-    embedding, ``objective="lcm"``) or the regression onto a trained full-weight LCM
-    (:class:`~diffspeed.distill.lcm_kd.LCMKDLoss`, ``"lcmkd"``); ``info`` records which."""
-    from diffspeed.distill.consistency import consistency_recipe
-    from diffspeed.distill.trainer import train
-
-    student = lora_student(teacher, config, loss.config.boundary, loss.config.strength)
-    digest = weights_digest(network_of(teacher))
-    guidance = loss.config.w_range[0]
-    recipe = consistency_recipe(student, guidance=guidance)
-    result = train(
-        student,
-        loss,
-        train_config,
-        out_dir,
-        data=data,
-        teacher=teacher,
-        resume=opts.resume,
-        evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
-        run_info={"teacher": digest, "lora": asdict(config)},
-        progress=opts.progress,
-    )
-    info = {
-        "boundary": result.best.boundary.to_dict(),
-        "strength": result.best.strength,
-        "method": "lcm-lora",
-        "objective": objective,
-        "config": loss.config.to_dict(),
-        "train": train_config.to_dict(),
-        "teacher": digest,
-        "sampler": {
-            "solver": "lcm",
-            "schedule": "lcm",
-            "strength": loss.config.strength,
-            "guidance": guidance,
-        },
-    }
-    out = out_dir / "lora"
-    save_lora(out, result.best.model, config, info)
-    return out
+        digest = weights_digest(network_of(teacher))
+        recipe = consistency_recipe(student, guidance=self.guidance)
+        result = train_loop(
+            student,
+            loss,
+            train[0],
+            out,
+            data=data,
+            teacher=teacher,
+            resume=opts.resume,
+            evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
+            run_info={"teacher": digest, "lora": asdict(self.lora)},
+            progress=opts.progress,
+        )
+        sampler = {"solver": "lcm", "schedule": "lcm", "strength": student.strength}
+        info = {
+            "boundary": student.boundary.to_dict(),
+            "strength": student.strength,
+            "method": "lcm-lora",
+            "objective": "lcmkd" if self.from_lcm else "lcm",
+            "config": loss.config.to_dict(),
+            "train": train[0].to_dict(),
+            "teacher": digest,
+            "sampler": {**sampler, "guidance": self.guidance},
+        }
+        save_lora(out / "lora", result.best.model, self.lora, info)
+        return out / "lora"

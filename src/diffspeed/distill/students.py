@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from diffspeed.core.adapters import DiscreteVPDenoiser
-from diffspeed.core.contract import UNDECLARED, CondSpec, innermost, network_of
+from diffspeed.core.contract import UNDECLARED, CondSpec, innermost
 from diffspeed.distill.wcond import WCondUNet, WEmbedConfig, build_wcond
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError
 from diffspeed.models.io import atomic_write_json, load_state_into, load_weights, save_weights
@@ -153,14 +153,6 @@ def spec_from_json(config: Mapping[str, Any]) -> CondSpec:
     )
 
 
-def unet_of(denoiser: Any) -> nn.Module:
-    """The network module inside any stack of wrappers (refused for a plain function)."""
-    net = network_of(denoiser)
-    if net is None:
-        raise UnsupportedModelError("the teacher denoiser wraps no nn.Module to copy")
-    return net
-
-
 def make_student(
     teacher: Any,
     parameterization: str = "v",
@@ -188,7 +180,9 @@ def make_student(
             "step distillation here needs a discrete-time VP teacher (diffspeed.wrap / "
             f"from_diffusers / load_teacher), got {type(inner).__name__}"
         )
-    net = copy.deepcopy(unet_of(teacher))
+    if inner.model is None:
+        raise UnsupportedModelError("the teacher denoiser wraps no nn.Module to copy")
+    net = copy.deepcopy(inner.model)
     if w_conditioned and not isinstance(net, WCondUNet):
         net = WCondUNet(net, w_embed)
     net.requires_grad_(True).train()
