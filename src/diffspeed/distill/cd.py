@@ -139,4 +139,4 @@ class CDLoss:
         x_lo = teacher_step(teacher, x_hi, s_hi, s_lo, solver=c.solver, cond=cond, guidance=guided)
         # the EMA target network at sigma_n, the online student at sigma_{n+1}
         target = ctx.emas["target"](x_lo.detach(), s_lo, **cond).detach()
-        return distance(student(x_hi, s_hi, **cond), target, c.metric, None)
+        return distance(student(x_hi, s_hi, **cond), target, c.metric)

@@ -190,15 +190,15 @@ def teacher_step(
 METRICS = ("l2", "pseudo_huber")
 
 
-def distance(a: torch.Tensor, b: torch.Tensor, metric: str, huber_c: float | None) -> torch.Tensor:
+def distance(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
     """Per-sample distance ``[B]``: mean squared error (``"l2"``) or the pseudo-Huber metric
     ``sqrt(||a - b||^2 + c^2) - c`` of improved CT (Song & Dhariwal 2023, Sec. 3.3), with
-    ``c = 0.00054 sqrt(d)`` when ``huber_c`` is None."""
+    ``c = 0.00054 sqrt(d)``."""
     diff = (a - b).flatten(1).float()
     if metric == "l2":
         return diff.pow(2).mean(1)
     if metric == "pseudo_huber":
-        c = 0.00054 * math.sqrt(diff.shape[1]) if huber_c is None else huber_c
+        c = 0.00054 * math.sqrt(diff.shape[1])
         return torch.sqrt(diff.pow(2).sum(1) + c**2) - c
     raise unknown_name("consistency metric", metric, METRICS)
 

@@ -125,6 +125,6 @@ class CTLoss:
         x_hi = x0 + s_hi.view(view).to(x0.dtype) * z
         x_lo = x0 + s_lo.view(view).to(x0.dtype) * z
         target = ctx.emas["target"](x_lo, s_lo, **cond).detach()
-        d = distance(student(x_hi, s_hi, **cond), target, c.metric, None)
+        d = distance(student(x_hi, s_hi, **cond), target, c.metric)
         weight = 1 / (s_hi - s_lo) if c.weighting == "inverse_gap" else torch.ones_like(s_hi)
         return d * weight.to(d.dtype)

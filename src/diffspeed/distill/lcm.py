@@ -191,7 +191,7 @@ class LCMLoss:
         # the student and the EMA target, both conditioned on w
         scond = {**cond, "guidance_scale": w.float()} if c.w_embedding else cond
         target = ctx.emas["target"](x_lo.detach(), s_lo, **scond).detach()
-        loss = distance(student(x_hi, s_hi, **scond), target, c.metric, None)
+        loss = distance(student(x_hi, s_hi, **scond), target, c.metric)
         if self.trajectories is not None:
             loss = loss + c.anchor * self._anchor(student, grid, ctx)
         return loss
@@ -214,4 +214,4 @@ class LCMLoss:
         if c.w_embedding:
             acond["guidance_scale"] = tr.guidance[rows].float()
         out = student(tr.states[rows, idx], grid[idx], **acond)
-        return distance(out, tr.endpoints[rows], c.metric, None)
+        return distance(out, tr.endpoints[rows], c.metric)

@@ -87,4 +87,4 @@ class LCMKDLoss:
             self.source.to(x0.device)
         with torch.no_grad():
             target = self.source(x, sigma, **scond)
-        return distance(student(x, sigma, **cond), target, c.metric, None)
+        return distance(student(x, sigma, **cond), target, c.metric)

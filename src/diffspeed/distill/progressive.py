@@ -211,7 +211,7 @@ class ProgressiveLoss:
             steps from ``teacher_sigmas[2i]`` to ``teacher_sigmas[2i + 2]``.
         config: the method settings (weighting, guidance range).
         substeps: second-order steps per teacher half step (1: one DDIM step each, the paper's
-            target); :func:`distill_progressive` uses ``config.teacher_substeps`` in the first
+            target); :func:`progressive_rounds` uses ``config.teacher_substeps`` in the first
             round only.
     """
 
