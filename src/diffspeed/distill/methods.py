@@ -127,7 +127,7 @@ def distill(
         evaluate: ``evaluate(recipe) -> fn(student, step) -> {metric: value}`` for periodic
             evaluation (see :func:`~diffspeed.distill.students.recipe_evaluator`).
     """
-    if not is_dataclass(config) or DISTILLERS[getattr(config, "method", "")] is not type(config):
+    if not is_dataclass(config) or all(DISTILLERS[n] is not type(config) for n in DISTILLERS):
         raise ConfigError(
             f"{type(config).__name__} is not a registered distillation method config; use "
             f"one of: {', '.join(DISTILLERS.names())}"
