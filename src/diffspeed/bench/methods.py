@@ -123,6 +123,7 @@ class MethodSpec:
 
 METHODS: Registry[MethodSpec] = Registry("bench method")
 
+
 def load_method_modules(extra: Sequence[str] = ()) -> None:
     """Register the distilled students' row kinds (resolved through the ``DISTILLERS``
     registry) and import ``extra`` modules (a bench's ``plugins``) so they register theirs."""
