@@ -16,6 +16,7 @@ from diffspeed.distill import LCM, LCMLoRA, Progressive, TrainConfig
 from diffspeed.distill.consistency import load_consistency, sample_consistency
 from diffspeed.distill.lora import fuse_lora
 from diffspeed.distill.students import load_student, sample_student
+from diffspeed.errors import UnsupportedModelError
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -125,6 +126,12 @@ def test_lcm_on_a_text_unet(sd, tmp_path):
     assert not recipe.w_conditioned and recipe.guidance == 1.5
     x = sample_consistency((den, recipe), torch.randn(4, 4, 8, 8), {KEY: sd["embs"][:4]}, 2)
     assert x.shape == (4, 4, 8, 8) and torch.isfinite(x).all()
+    # a range of scales needs a guidance embedding, which only class-embedding UNets get here
+    with pytest.raises(UnsupportedModelError, match="one guidance scale"):
+        ranged = LCM(w_range=(1.0, 2.0))
+        diffspeed.distill(
+            sd["teacher"], ranged, train=_train(1), out=tmp_path / "w", data=sd["data"]
+        )
 
 
 def test_lcm_lora_on_a_text_unet_loads_into_a_stable_diffusion_pipeline(sd, tmp_path):

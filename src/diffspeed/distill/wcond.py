@@ -105,8 +105,9 @@ class WCondUNet(nn.Module):
         labels = getattr(unet, "class_embedding", None)
         if not isinstance(labels, nn.Embedding):
             raise UnsupportedModelError(
-                "WCondUNet needs a diffusers UNet2DModel with a class embedding "
-                "(num_class_embeds set, class_embed_type None)"
+                "a guidance-scale-conditioned student needs a diffusers UNet2DModel with a class "
+                "embedding (num_class_embeds set, class_embed_type None); for other models "
+                "distil one guidance scale (LCM w_range=(w, w), or LCM-LoRA)"
             )
         self.embed_config = embed or WEmbedConfig()
         unet.class_embedding = LabelAndScaleEmbedding(labels, self.embed_config)
