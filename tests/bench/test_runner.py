@@ -168,3 +168,10 @@ def test_import_path_model_without_digit_metrics(tmp_path, monkeypatch):
     assert math.isfinite(rec["psnr"]) and rec["rmse"] > 0 and rec["nfe"] == 5
     assert res["manifest"]["sample_shape"] == [3, 4, 4]
     assert (tmp_path / "out" / "pareto.png").is_file()
+
+
+def test_uncond_option_overrides_the_teacher_spec_and_is_checked():
+    ctx = load_model(ModelOptions(uncond={"class_labels": torch.tensor(3)}), 2.0, "cpu")
+    assert int(ctx.cond_spec.uncond["class_labels"]) == 3
+    with pytest.raises(ConfigError, match="does not take"):
+        load_model(ModelOptions(uncond={"prompt": torch.tensor(0)}), 2.0, "cpu")

@@ -113,15 +113,28 @@ def _load_import_path(spec: str) -> Any:
     return den
 
 
+def _set_uncond(den: Any, uncond: dict[str, Any]) -> None:
+    """Give the model's spec the unconditional inputs ``uncond`` (merged into its own)."""
+    spec = den.cond_spec
+    unknown = sorted(set(uncond) - set(spec.keys)) if spec.keys is not None else []
+    if unknown:
+        raise ConfigError(
+            f"--uncond names {unknown}, which the model does not take; its cond keys are "
+            f"{list(spec.keys or ())}"
+        )
+    innermost(den).cond_spec = replace(spec, uncond={**(spec.uncond or {}), **uncond})
+
+
 def load_model(opts: ModelOptions, guidance: float, device: torch.device) -> BenchContext:
     """Load the model under test as a :class:`BenchContext`."""
     from diffspeed.models.scoring import scoring_for
     from diffspeed.models.teacher import load_teacher
 
     src = opts.source
+    diffusers_folder = src is not None and Path(src).is_dir()
     if src is None or src.endswith(".safetensors"):
         den = load_teacher(src)
-    elif Path(src).is_dir():
+    elif diffusers_folder:
         den = _load_diffusers(Path(src), opts.uncond)
     elif re.fullmatch(r"[\w.]+:\w+", src):
         den = _load_import_path(src)
@@ -130,10 +143,8 @@ def load_model(opts: ModelOptions, guidance: float, device: torch.device) -> Ben
             f"model {src!r} is not a teacher .safetensors file, a diffusers folder (unet/ + "
             "scheduler/) or a Python import path module:function"
         )
-    spec = den.cond_spec
-    if opts.uncond:
-        base = innermost(den)
-        base.cond_spec = replace(spec, uncond={**(spec.uncond or {}), **opts.uncond})
+    if opts.uncond and not diffusers_folder:  # from_diffusers took it above
+        _set_uncond(den, opts.uncond)
     shape = tuple(opts.shape) if opts.shape else den.cond_spec.sample_shape
     if not shape:
         raise ConfigError(
