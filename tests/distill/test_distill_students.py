@@ -237,3 +237,23 @@ def test_cli_consistency_methods_ship_and_sample(tmp_path, monkeypatch):
     assert main(["distill", "sample", *args, "--steps", "1", "--out", str(png)]) == 0
     assert png.is_file()
     assert main(["distill", "lcm", "--out", str(tmp_path / "x"), "--w-range", "3,1", *common]) == 2
+
+
+def test_cli_options_come_from_every_config_field():
+    from dataclasses import fields
+
+    from diffspeed.cli import build_parser
+    from diffspeed.distill import DISTILLERS, TrainConfig
+    from diffspeed.distill.cli import field_help
+
+    assert set(field_help(TrainConfig)) == {f.name for f in fields(TrainConfig)}
+    parser = build_parser()
+    for name in DISTILLERS:
+        cls = DISTILLERS[name]
+        helps = field_help(cls)
+        assert set(helps) == {f.name for f in fields(cls)}, name  # every field documented
+        assert all(helps.values()), name
+        args = parser.parse_args(["distill", name, "--out", "x"])
+        assert args.func.args == (cls,)
+        defaults = {f.name: getattr(args, f"cfg_{f.name}") for f in fields(cls)}
+        assert cls(**defaults) == cls()  # the options' defaults are the config's

@@ -31,7 +31,7 @@ def field_help(cls: type) -> dict[str, str]:
     helps: dict[str, str] = {}
     names: list[str] = []
     for line in doc[1].splitlines() if len(doc) > 1 else []:
-        m = re.match(r"^ {8}([\w, ]+): (.*)$", line)
+        m = re.match(r"^ {8}(\w[\w, ]*): (.*)$", line)
         if m:
             names = [n.strip() for n in m.group(1).split(",")]
             helps.update(dict.fromkeys(names, m.group(2)))
