@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from diffspeed.core.contract import innermost, network_of
+from diffspeed.distill.cd import CONSISTENCY_TRAIN
 from diffspeed.distill.methods import MethodConfig, RunOptions, register
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError
 from diffspeed.models.io import weights_digest
@@ -305,13 +306,7 @@ class LCMLoRA(MethodConfig):
 
     bench_row: ClassVar[str] = "lcm-lora"
     anchor_top: ClassVar[float] = 0.5
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "steps": 1000,
-        "batch_size": 32,
-        "warmup": 20,
-        "ema_decay": 0.99,
-        "checkpoint_every": 100,
-    }
+    train_defaults: ClassVar[dict[str, Any]] = CONSISTENCY_TRAIN
 
     def __post_init__(self) -> None:
         from diffspeed.distill.lcm import LCM
