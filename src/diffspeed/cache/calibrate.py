@@ -77,7 +77,8 @@ def _default_noise(den: Any, n: int, seed: int) -> torch.Tensor:
         if not isinstance(size, int) or not isinstance(ch, int):
             raise ConfigError("calibrate could not infer the sample shape; pass noise=[B, C, H, W]")
         shape = (ch, size, size)
-    return seeded_noise(range(seed, seed + n), tuple(shape))
+    device = getattr(den, "device", torch.device("cpu"))
+    return seeded_noise(range(seed, seed + n), tuple(shape)).to(device)
 
 
 def calibrate(
@@ -104,7 +105,7 @@ def calibrate(
         target_psnr: required PSNR (dB) of the cached output against the uncached one.
         solver, steps, schedule: the sampler the cache will be used with.
         noise: calibration noise ``[B, ...]`` (default: ``n`` samples from seeds ``seed..``
-            of the model's sample shape).
+            of the model's sample shape, on the model's device).
         cond: conditioning for the calibration batch (default: the model's example
             conditions, ``cond_spec.example_cond(B)``).
         candidates: values to try (default: intervals 2..10 or thresholds 0.01..1.2).
