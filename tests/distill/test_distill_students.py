@@ -70,11 +70,9 @@ def test_save_load_sample_round_trip(tmp_path, wcond):
     )
     path = save_student(tmp_path / "s.safetensors", student, recipe, method="test")
     den, back = load_student(path)
-    assert (
-        back == recipe
-        and den.prediction == "v_prediction"
-        and den.cond_spec.keys == ("class_labels",)
-    )
+    assert back == recipe and den.prediction == "v_prediction"
+    # a w-conditioned student also declares the guidance scale it takes
+    assert den.cond_spec.keys == ("class_labels",) + (("guidance_scale",) if wcond else ())
     assert int(den.cond_spec.uncond["class_labels"]) == NULL
     noise, y = torch.randn(5, 1, 8, 8), torch.arange(5)
     x, info = sample_student((den, back), noise, y, return_info=True)

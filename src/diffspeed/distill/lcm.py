@@ -30,6 +30,7 @@ from diffspeed.distill.consistency import (
     train_consistency,
 )
 from diffspeed.distill.methods import MethodConfig, RunOptions, register
+from diffspeed.distill.students import SCALE_KEY
 from diffspeed.distill.trajectories import Trajectories
 from diffspeed.errors import ConfigError
 
@@ -189,7 +190,7 @@ class LCMLoss:
         guided = None if lo == hi == 1.0 else w
         x_lo = teacher_step(teacher, x_hi, s_hi, s_lo, solver=c.solver, cond=cond, guidance=guided)
         # the student and the EMA target, both conditioned on w
-        scond = {**cond, "guidance_scale": w.float()} if c.w_embedding else cond
+        scond = {**cond, SCALE_KEY: w.float()} if c.w_embedding else cond
         target = ctx.emas["target"](x_lo.detach(), s_lo, **scond).detach()
         loss = distance(student(x_hi, s_hi, **scond), target, c.metric)
         if self.trajectories is not None:
@@ -212,6 +213,6 @@ class LCMLoss:
         idx = torch.where(ctx.rand() < c.anchor_top, top, ctx.randint(1, top))
         acond: dict[str, Any] = {k: v[rows] for k, v in tr.cond.items()}
         if c.w_embedding:
-            acond["guidance_scale"] = tr.guidance[rows].float()
+            acond[SCALE_KEY] = tr.guidance[rows].float()
         out = student(tr.states[rows, idx], grid[idx], **acond)
         return distance(out, tr.endpoints[rows], c.metric)

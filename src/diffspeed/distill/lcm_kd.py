@@ -22,6 +22,7 @@ import torch
 
 from diffspeed.core.contract import network_of
 from diffspeed.distill.consistency import METRICS, consistency_info, distance, timestep_grid
+from diffspeed.distill.students import SCALE_KEY
 from diffspeed.errors import ConfigError, unknown_name
 
 
@@ -82,7 +83,7 @@ class LCMKDLoss:
         scond = cond
         if self.w_conditioned:
             w = torch.full((x0.shape[0],), c.guidance, device=x0.device)
-            scond = {**cond, "guidance_scale": w}
+            scond = {**cond, SCALE_KEY: w}
         if self.source.device != x0.device:  # once, on the first batch
             self.source.to(x0.device)
         with torch.no_grad():

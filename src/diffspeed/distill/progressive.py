@@ -38,6 +38,7 @@ import torch
 from diffspeed.core.contract import network_of
 from diffspeed.distill.methods import MethodConfig, RunOptions, register
 from diffspeed.distill.students import (
+    SCALE_KEY,
     Recipe,
     frozen_copy,
     load_student,
@@ -200,7 +201,7 @@ def draw_guidance(
     if w_range is None:
         return cond
     lo, hi = w_range
-    return {**cond, "guidance_scale": lo + (hi - lo) * ctx.rand()}
+    return {**cond, SCALE_KEY: lo + (hi - lo) * ctx.rand()}
 
 
 class ProgressiveLoss:

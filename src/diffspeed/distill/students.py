@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ from diffspeed.models.io import atomic_write_json, load_state_into, load_weights
 STUDENTS_DIR = Path(__file__).resolve().parents[1] / "models" / "assets" / "students"
 #: ``kind`` of a student JSON config.
 KIND = "diffspeed_student"
+#: The cond key of the guidance scale a w-conditioned student takes.
+SCALE_KEY = "guidance_scale"
 #: Student parameterisations (diffusers prediction types).
 PARAMETERIZATIONS = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 
@@ -93,7 +95,7 @@ class Recipe:
             if batch is None:
                 raise ConfigError("a w-conditioned student needs a batched cond to size the scale")
             w = self.guidance if guidance is None else guidance
-            out["guidance_scale"] = torch.as_tensor(w, dtype=torch.float32).expand(batch)
+            out[SCALE_KEY] = torch.as_tensor(w, dtype=torch.float32).expand(batch)
         elif guidance is not None and float(guidance) != self.guidance:
             raise ConfigError(
                 f"this student bakes in guidance {self.guidance}; it cannot sample at "
@@ -103,16 +105,25 @@ class Recipe:
 
 
 def as_cond(denoiser: Any, cond: Mapping[str, Any] | torch.Tensor) -> dict[str, Any]:
-    """``cond`` as a dict: a bare tensor is the value of the model's only cond key."""
+    """``cond`` as a dict: a bare tensor is the value of the model's only cond key (besides a
+    w-conditioned student's guidance scale)."""
     if isinstance(cond, Mapping):
         return dict(cond)
-    keys = denoiser.cond_spec.keys
-    if not keys or len(keys) != 1:
+    keys = tuple(k for k in denoiser.cond_spec.keys or () if k != SCALE_KEY)
+    if len(keys) != 1:
         raise ConfigError(
             f"a bare tensor cond needs a model with exactly one cond key (it has {keys}); "
             "pass cond as a dict {key: value}"
         )
     return {keys[0]: cond}
+
+
+def with_scale(spec: CondSpec, net: nn.Module) -> CondSpec:
+    """The spec of a student around ``net``: a w-conditioned network (:class:`WCondUNet`) also
+    takes the guidance scale (``cond["guidance_scale"]``, one per sample)."""
+    if not isinstance(net, WCondUNet) or spec.keys is None or SCALE_KEY in spec.keys:
+        return spec
+    return replace(spec, keys=(*spec.keys, SCALE_KEY))
 
 
 def spec_to_json(spec: CondSpec) -> dict[str, Any] | None:
@@ -187,7 +198,7 @@ def make_student(
         net = WCondUNet(net, w_embed)
     net.requires_grad_(True).train()
     den = DiscreteVPDenoiser(net, inner.alphas_cumprod, PARAMETERIZATIONS[parameterization])
-    den.cond_spec = inner.cond_spec
+    den.cond_spec = with_scale(inner.cond_spec, net)
     return den
 
 
@@ -297,7 +308,7 @@ def load_student(
     if dtype != torch.float32:  # (diffusers warns on any dtype cast, even a no-op one)
         net.to(dtype=dtype)
     den = DiscreteVPDenoiser(net, torch.tensor(cfg["alphas_cumprod"]), cfg["prediction"])
-    den.cond_spec = spec_from_json(cfg)
+    den.cond_spec = with_scale(spec_from_json(cfg), net)
     return den, Recipe.from_dict(cfg["recipe"])
 
 
@@ -321,17 +332,14 @@ def sample_student(
     from diffspeed.solvers import sample
 
     den, recipe = student if isinstance(student, tuple) else load_student(student)
-    cond = as_cond(den, cond)
+    cond = {
+        k: v.to(den.device) if isinstance(v, torch.Tensor) else v
+        for k, v in as_cond(den, cond).items()
+    }
+    cond = recipe.cond(cond, guidance)
     den.cond_spec.check(cond, noise.shape[0])
-    cond = {k: v.to(den.device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
-    return sample(
-        den,
-        noise,
-        recipe.solver,
-        schedule=torch.tensor(recipe.sigmas, dtype=torch.float64),
-        cond=recipe.cond(cond, guidance),
-        return_info=return_info,
-    )
+    schedule = torch.tensor(recipe.sigmas, dtype=torch.float64)
+    return sample(den, noise, recipe.solver, schedule=schedule, cond=cond, return_info=return_info)
 
 
 #: Base seed of the periodic-evaluation noise (disjoint from the reference set's seed 0).
