@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from diffspeed.core.contract import check_inputs
 from diffspeed.core.steps import StepContext, listeners_of
 from diffspeed.errors import ConfigError, ShapeError
 from diffspeed.solvers.registry import SOLVERS
@@ -85,6 +86,7 @@ def sample(
             f"noise must be a floating-point tensor [B, ...], got {type(noise).__name__} "
             f"{tuple(getattr(noise, 'shape', ()))}"
         )
+    check_inputs(denoiser, noise, cond)
     allowed = _solver_options(spec.fn) - {"cond", "generator", "callback", "info", "sigma_min"}
     unknown = sorted(set(options) - allowed)
     if unknown:
