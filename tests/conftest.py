@@ -18,3 +18,13 @@ def _seed():
 def _cache_dir(tmp_path_factory, monkeypatch):
     """Keep reference-set caches written by tests out of the user's home."""
     monkeypatch.setenv("DIFFSPEED_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def sd_components(tmp_path_factory):
+    """Tiny random-weight Stable Diffusion components (see ``tiny_sd.py``)."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from tiny_sd import build_components
+
+    return build_components(tmp_path_factory.mktemp("tokenizer"))

@@ -2,8 +2,8 @@
 trained on (latents, encoder_hidden_states) pairs with its empty-prompt uncond, built offline.
 The LCM-LoRA it writes loads into a StableDiffusionPipeline and samples with LCMScheduler."""
 
+import copy
 import csv
-import json
 import math
 
 import pytest
@@ -33,50 +33,10 @@ PROMPTS = ["a cat", "a dog", "red car", "blue sky"]
 KEY = "encoder_hidden_states"
 
 
-def tiny_tokenizer(folder):
-    """A character-level CLIP tokenizer (every printable character is a token)."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in map(chr, range(33, 127)):
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return transformers.CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16
-    )
-
-
 @pytest.fixture(scope="module")
-def sd(tmp_path_factory):
+def sd(sd_components):
     """Tiny SD components, the teacher denoiser (with its spec) and training pairs."""
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=8, norm_num_groups=8,
-    )  # fmt: skip
-    vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8,
-        sample_size=16,
-    )  # fmt: skip
-    text = transformers.CLIPTextModel(
-        transformers.CLIPTextConfig(
-            vocab_size=200,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=16,
-            bos_token_id=0,
-            eos_token_id=1,
-        )  # fmt: skip
-    )
-    tok = tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
-    for m in (unet, vae, text):
-        m.eval().requires_grad_(False)
+    unet, text, tok = (sd_components[k] for k in ("unet", "text_encoder", "tokenizer"))
 
     def embed(prompts):
         ids = tok(prompts, padding="max_length", max_length=16, return_tensors="pt").input_ids
@@ -88,8 +48,7 @@ def sd(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(32, 4, 8, 8, generator=g) * 0.8
     embs = embed(PROMPTS).repeat(8, 1, 1)
-    comps = {"unet": unet, "vae": vae, "text_encoder": text, "tokenizer": tok}
-    return {"teacher": teacher, "data": (latents, {KEY: embs}), "embs": embs, **comps}
+    return {"teacher": teacher, "data": (latents, {KEY: embs}), "embs": embs, **sd_components}
 
 
 def _train(steps: int) -> TrainConfig:
@@ -140,7 +99,8 @@ def test_lcm_lora_on_a_text_unet_loads_into_a_stable_diffusion_pipeline(sd, tmp_
     lora = diffspeed.distill(sd["teacher"], cfg, train=train, out=tmp_path, data=sd["data"])
     assert lora == tmp_path / "lora" and _finite_log(tmp_path)
     pipe = diffusers.StableDiffusionPipeline(
-        unet=sd["unet"], vae=sd["vae"], text_encoder=sd["text_encoder"],
+        unet=copy.deepcopy(sd["unet"]),  # the adapter loads into a copy
+        vae=sd["vae"], text_encoder=sd["text_encoder"],
         tokenizer=sd["tokenizer"], scheduler=diffusers.LCMScheduler(**SD_BETAS, steps_offset=1),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip

@@ -11,7 +11,7 @@ diffspeed's names follow DDIM's, checked in ``test_text_to_image``.)
 
 import pytest
 import torch
-from conftest import SD_SCHEDULER, make_pipeline
+from tiny_sd import SD_SCHEDULER, make_pipeline
 
 from diffspeed.errors import ConfigError
 from diffspeed.integrations.diffusers import Scheduler

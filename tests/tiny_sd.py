@@ -1,12 +1,9 @@
-"""Tiny random-weight Stable Diffusion components, built offline (no downloads)."""
+"""Tiny random-weight Stable Diffusion components, built offline (no downloads), shared by the
+pipeline and text-conditioned tests."""
 
 import json
 
-import pytest
 import torch
-
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
 
 #: Stable Diffusion's scheduler config (scaled-linear betas, leading spacing with offset 1).
 SD_SCHEDULER = {
@@ -24,9 +21,10 @@ SD_SCHEDULER = {
 
 def tiny_tokenizer(folder):
     """A character-level CLIP tokenizer (every printable character is a token)."""
-    chars = [chr(c) for c in range(33, 127)]
+    import transformers
+
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
+    for c in map(chr, range(33, 127)):
         vocab[c] = len(vocab)
         vocab[c + "</w>"] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab))
@@ -36,9 +34,12 @@ def tiny_tokenizer(folder):
     )
 
 
-@pytest.fixture(scope="session")
-def sd_components(tmp_path_factory):
-    """UNet2DConditionModel + AutoencoderKL + CLIP text encoder, random weights, eval mode."""
+def build_components(folder):
+    """UNet2DConditionModel + AutoencoderKL + CLIP text encoder (random weights, eval mode,
+    seed 0) and a tokenizer written to ``folder``."""
+    import diffusers
+    import transformers
+
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
@@ -64,13 +65,13 @@ def sd_components(tmp_path_factory):
             eos_token_id=1,
         )  # fmt: skip
     )
-    tok = tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
     for m in (unet, vae, text):
         m.eval().requires_grad_(False)
-    return {"unet": unet, "vae": vae, "text_encoder": text, "tokenizer": tok}
+    return {"unet": unet, "vae": vae, "text_encoder": text, "tokenizer": tiny_tokenizer(folder)}
 
 
 def make_pipeline(cls, components, scheduler):
+    """A diffusers SD pipeline class over ``components`` with no safety checker."""
     pipe = cls(
         **components, scheduler=scheduler, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
