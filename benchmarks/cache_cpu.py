@@ -30,7 +30,7 @@ import diffspeed
 from diffspeed.cache import config_from_dict
 from diffspeed.eval.metrics import class_accuracy, fdd, psnr
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
-from diffspeed.models.teacher import guided_teacher, load_teacher
+from diffspeed.models.teacher import cond_labels, guided_teacher, load_teacher
 from diffspeed.solvers import SOLVERS
 
 DEFAULT_CONFIGS = [
@@ -63,14 +63,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     # the default reference set (seeds from 0), scored on its first n samples
-    ref = reference_set(ReferenceSpec(), teacher_path=args.teacher)
-    ref.noise, ref.labels, ref.samples = (
+    teacher = load_teacher(args.teacher)
+    ref = reference_set(ReferenceSpec(), denoiser=teacher)
+    select = teacher.cond_spec.select
+    ref.noise, ref.cond, ref.samples = (
         ref.noise[: args.n],
-        ref.labels[: args.n],
+        select(ref.cond, slice(0, args.n)),
         ref.samples[: args.n],
     )
-    den = guided_teacher(RECOMMENDED_GUIDANCE, load_teacher(args.teacher))
-    cond_all = {"class_labels": ref.labels}
+    den = guided_teacher(RECOMMENDED_GUIDANCE, teacher)
+    labels = cond_labels(ref.cond)
     tb = slice(0, args.timing_batch)
 
     def generate(solver: str, steps: int, schedule: str | None) -> tuple[torch.Tensor, int]:
@@ -83,7 +85,7 @@ def main() -> None:
                 solver,
                 steps,
                 schedule,
-                cond={"class_labels": ref.labels[sl]},
+                cond=select(ref.cond, sl),
                 return_info=True,
             )
             outs.append(x)
@@ -103,7 +105,7 @@ def main() -> None:
         return statistics.median(ta), statistics.median(tb_), statistics.median(ratios)
 
     def timer(solver: str, steps: int, schedule: str | None, cfg=None):
-        cond = {"class_labels": ref.labels[tb]}
+        cond = select(ref.cond, tb)
 
         def run() -> float:
             handle = diffspeed.apply_cache(den, cfg) if cfg is not None else None
@@ -119,7 +121,7 @@ def main() -> None:
     def quality(x: torch.Tensor, base: torch.Tensor | None) -> dict[str, float]:
         return {
             "fdd": fdd(x),
-            "acc": class_accuracy(x, cond_all["class_labels"]),
+            "acc": class_accuracy(x, labels),
             "psnr_uncached": psnr(x, base) if base is not None else float("inf"),
             "psnr_ref": psnr(x, ref.samples),
         }

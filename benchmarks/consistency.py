@@ -1,6 +1,6 @@
 """Consistency models on the embedded teacher: FDD, class accuracy and latency at 1/2/4/8 steps.
 
-Rows, all from the reference set's noises and labels (``ReferenceSpec(n)``, guidance as the
+Rows, all from the reference set's noises and conditions (``ReferenceSpec(n)``, guidance as the
 reference), the re-noising of multistep sampling seeded per sample:
 
 * the teacher's reference sampler (Heun, 100 Karras steps) — the FDD every ratio divides by;
@@ -33,7 +33,7 @@ from diffspeed.distill.students import STUDENTS_DIR, Recipe, sample_student, shi
 from diffspeed.eval.metrics import class_accuracy, fdd
 from diffspeed.eval.reference import ReferenceSpec, reference_set
 from diffspeed.models.styles import style_features
-from diffspeed.models.teacher import guided_teacher, load_teacher
+from diffspeed.models.teacher import cond_labels, guided_teacher, load_teacher
 from diffspeed.solvers import sample, seeded_noise
 
 
@@ -48,11 +48,12 @@ def latency_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def chunked(fn, noise: torch.Tensor, labels: torch.Tensor, seeds: list[int], bs: int = 250):
-    """Run ``fn(noise, labels, seeds)`` in batches (per-sample seeds: batch-independent)."""
+def chunked(fn, noise: torch.Tensor, cond: dict, seeds: list[int], select, bs: int = 250):
+    """Run ``fn(noise, cond, seeds)`` in batches (per-sample seeds: batch-independent);
+    ``select(cond, slice)`` picks a batch's conditions (the model's ``cond_spec.select``)."""
     out = [
-        fn(noise[i : i + bs], labels[i : i + bs], seeds[i : i + bs])
-        for i in range(0, len(labels), bs)
+        fn(noise[i : i + bs], select(cond, slice(i, i + bs)), seeds[i : i + bs])
+        for i in range(0, len(seeds), bs)
     ]
     return torch.cat(out)
 
@@ -77,10 +78,16 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",")]
 
     spec = ReferenceSpec(n=args.n)
-    # the reference set's noises and labels; its samples are needed only for the ref row
-    noise, labels, seeds = seeded_noise(spec.seeds(), (1, 8, 8)), spec.labels(), spec.seeds()
-    one = (noise[:1], labels[:1], seeds[:1])
     teacher = load_teacher()
+    cspec = teacher.cond_spec
+    # the reference set's noises and conditions; its samples are needed only for the ref row
+    noise, cond, seeds = (
+        seeded_noise(spec.seeds(), cspec.sample_shape),
+        cspec.example_cond(spec.n),
+        spec.seeds(),
+    )
+    labels = cond_labels(cond)
+    one = (noise[:1], cspec.select(cond, slice(0, 1)), seeds[:1])
     guided = guided_teacher(spec.guidance, teacher)
     rows: list[dict[str, Any]] = []
 
@@ -111,15 +118,15 @@ def main() -> None:
 
     def measure(group, name, k, fn, set_=None, feats=None) -> None:
         """Score ``fn`` on a whole sample set and time it on one image."""
-        n_, y_, s_ = set_ or (noise, labels, seeds)
-        add(group, name, k, chunked(fn, n_, y_, s_), latency_ms(lambda: fn(*one), args.repeats),
-            y_, feats)  # fmt: skip
+        n_, c_, s_ = set_ or (noise, cond, seeds)
+        add(group, name, k, chunked(fn, n_, c_, s_, cspec.select),
+            latency_ms(lambda: fn(*one), args.repeats), cond_labels(c_), feats)  # fmt: skip
 
     # training-free DDIM on the teacher
     for k in steps:
 
-        def ddim(n, y, s, k=k):
-            return sample(guided, n, "ddim", k, "trailing", cond={"class_labels": y})
+        def ddim(n, c, s, k=k):
+            return sample(guided, n, "ddim", k, "trailing", cond=c)
 
         measure("base", "teacher guided DDIM", k, ddim)
 
@@ -144,8 +151,8 @@ def main() -> None:
         w = spec.guidance if recipe.w_conditioned else None
         for k in steps:
 
-            def run(n, y, s, k=k, student=student, w=w):
-                return sample_consistency(student, n, y, k, guidance=w, generator=s)
+            def run(n, c, s, k=k, student=student, w=w):
+                return sample_consistency(student, n, c, k, guidance=w, generator=s)
 
             measure("base", label, k, run)
 
@@ -162,8 +169,8 @@ def main() -> None:
                 print(f"skip {name}: bakes in guidance {st[1].guidance}")
                 continue
 
-            def prun(n, y, s, st=st, w=w):
-                return sample_student(st, n, y, guidance=w)
+            def prun(n, c, s, st=st, w=w):
+                return sample_student(st, n, c, guidance=w)
 
             measure("base", name, st[1].steps, prun)
         except Exception as e:  # noqa: BLE001
@@ -172,8 +179,8 @@ def main() -> None:
     # the teacher's reference sampler (computed last: it is cached on disk once computed)
     ref = reference_set(spec, progress=True)
 
-    def ref_run(n, y, s):
-        return sample(guided, n, spec.solver, spec.steps, spec.schedule, cond={"class_labels": y})
+    def ref_run(n, c, s):
+        return sample(guided, n, spec.solver, spec.steps, spec.schedule, cond=c)
 
     add(
         "base",
@@ -192,14 +199,14 @@ def main() -> None:
         feats = style_features(style)
         ft = load_teacher(args.finetuned)
         fguided = guided_teacher(fspec.guidance, ft)
-        fnoise, flabels, fseeds = fref.noise, fref.labels, fspec.seeds()
+        fnoise, fcond, fseeds = fref.noise, fref.cond, fspec.seeds()
         add(
             style,
             f"fine-tune {fspec.solver}-{fspec.steps} (ref)",
             2 * fspec.steps - 1,
             fref.samples,
             float("nan"),
-            flabels,
+            cond_labels(fcond),
             feats,
         )
         # the base teacher's own samples scored against the style: how far the fine-tune moved
@@ -209,21 +216,19 @@ def main() -> None:
         lora_ft = (load_lora(args.lora, ft), Recipe("lcm", (0.0,)))
         for k in steps:
 
-            def fddim(n, y, s, k=k):
-                return sample(fguided, n, "ddim", k, "trailing", cond={"class_labels": y})
+            def fddim(n, c, s, k=k):
+                return sample(fguided, n, "ddim", k, "trailing", cond=c)
 
-            def flora(n, y, s, k=k):
-                return sample_consistency(lora_ft, n, y, k, generator=s)
+            def flora(n, c, s, k=k):
+                return sample_consistency(lora_ft, n, c, k, generator=s)
 
-            measure(
-                style, "fine-tune guided DDIM", k, fddim, (fnoise, flabels, fseeds), feats=feats
-            )
+            measure(style, "fine-tune guided DDIM", k, fddim, (fnoise, fcond, fseeds), feats=feats)
             measure(
                 style,
                 "fine-tune + base LCM-LoRA",
                 k,
                 flora,
-                (fnoise, flabels, fseeds),
+                (fnoise, fcond, fseeds),
                 feats=feats,
             )
 

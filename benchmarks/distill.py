@@ -1,7 +1,7 @@
 """Distilled students vs the teacher's reference and vs training-free solvers at the same NFE.
 
 For each shipped student (progressive-8/4/2/1, guided-4/2/1): FDD and class accuracy on the
-reference set's noises and labels (ReferenceSpec(n=1000): the teacher, guided w=2, Heun 100
+reference set's noises and conditions (ReferenceSpec(n=1000): the teacher, guided w=1.25, Heun 100
 Karras steps), the FDD ratio to the reference samples' FDD and the target; the best of several
 training-free solvers on the guided teacher at the same NFE; the int8-stored student against
 its fp32 weights (when the training run directory is given); and the cost of one guided step
@@ -25,7 +25,7 @@ from diffspeed.distill.students import load_student, sample_student, shipped_stu
 from diffspeed.errors import DiffspeedError
 from diffspeed.eval.metrics import class_accuracy, fdd
 from diffspeed.eval.reference import ReferenceSpec, reference_set
-from diffspeed.models.teacher import guided_teacher, load_teacher
+from diffspeed.models.teacher import cond_labels, guided_teacher, load_teacher
 from diffspeed.solvers import sample
 from diffspeed.solvers.registry import SOLVERS
 
@@ -41,13 +41,18 @@ BASELINES = [
 ]
 
 
-def batched(fn, noise, labels, batch):
+def batched(fn, noise, cond, batch, select):
+    """``fn(noise, cond)`` over batches; ``select(cond, slice)`` (the model's
+    ``cond_spec.select``) picks a batch's conditions."""
     return torch.cat(
-        [fn(noise[i : i + batch], labels[i : i + batch]) for i in range(0, len(noise), batch)]
+        [
+            fn(noise[i : i + batch], select(cond, slice(i, i + batch)))
+            for i in range(0, len(noise), batch)
+        ]
     )
 
 
-def best_solver(teacher, noise, labels, nfe: int, batch: int) -> tuple[str, float, float]:
+def best_solver(teacher, noise, cond, nfe: int, batch: int) -> tuple[str, float, float]:
     """The lowest-FDD training-free (solver, schedule) on the guided teacher at ``nfe``."""
     best = ("-", float("inf"), 0.0)
     for solver, schedule in BASELINES:
@@ -56,28 +61,27 @@ def best_solver(teacher, noise, labels, nfe: int, batch: int) -> tuple[str, floa
             continue
         try:
             x = batched(
-                lambda z, y, s=solver, sc=schedule, st=steps: sample(
-                    teacher, z, s, st, sc, cond={"class_labels": y}
-                ),
+                lambda z, c, s=solver, sc=schedule, st=steps: sample(teacher, z, s, st, sc, cond=c),
                 noise,
-                labels,
+                cond,
                 batch,
+                teacher.cond_spec.select,
             )
         except DiffspeedError:
             continue
         score = fdd(x)
         if score < best[1]:
-            best = (f"{solver}/{schedule}", score, class_accuracy(x, labels))
+            best = (f"{solver}/{schedule}", score, class_accuracy(x, cond_labels(cond)))
     return best
 
 
 def step_cost(student, teacher, batch: int, repeats: int) -> tuple[float, float]:
     """Median seconds of one guided step: student (one forward) vs teacher (cond + uncond)."""
     den, recipe = student
-    x = torch.randn(batch, 1, 8, 8)
-    y = torch.arange(batch) % 10
+    x = torch.randn(batch, *teacher.cond_spec.sample_shape)
+    cond = teacher.cond_spec.example_cond(batch)
     sigma = torch.full((batch,), 10.0)
-    cond_s = recipe.cond({"class_labels": y})
+    cond_s = recipe.cond(cond)
 
     def timed(fn) -> float:
         fn()  # warm-up
@@ -90,21 +94,22 @@ def step_cost(student, teacher, batch: int, repeats: int) -> tuple[float, float]
 
     with torch.inference_mode():
         ts = timed(lambda: den(x, sigma, **cond_s))
-        tt = timed(lambda: teacher(x, sigma, class_labels=y))
+        tt = timed(lambda: teacher(x, sigma, **cond))
     return ts, tt
 
 
 def baselines_at(teacher, spec, nfes, batch, cache: Path | None) -> dict[int, list]:
-    """Best training-free solver per NFE on the reference noises / labels (JSON-cached)."""
+    """Best training-free solver per NFE on the reference noises / conditions (JSON-cached)."""
     from diffspeed.solvers import seeded_noise
 
     known: dict[int, list] = {}
     if cache is not None and cache.is_file():
         known = {int(k): v for k, v in json.loads(cache.read_text()).items()}
-    noise, labels = seeded_noise(spec.seeds(), (1, 8, 8)), spec.labels()
+    cspec = teacher.cond_spec
+    noise, cond = seeded_noise(spec.seeds(), cspec.sample_shape), cspec.example_cond(spec.n)
     for nfe in nfes:
         if nfe not in known:
-            known[nfe] = list(best_solver(teacher, noise, labels, nfe, batch))
+            known[nfe] = list(best_solver(teacher, noise, cond, nfe, batch))
             print(f"baseline NFE {nfe}: {known[nfe]}", flush=True)
             if cache is not None:
                 cache.write_text(json.dumps(known, indent=1))
@@ -131,7 +136,8 @@ def main() -> None:
     if a.baselines_only:
         return
     ref = reference_set(spec, teacher_path=a.teacher)
-    ref_fdd, ref_acc = fdd(ref.samples), class_accuracy(ref.samples, ref.labels)
+    labels = cond_labels(ref.cond)
+    ref_fdd, ref_acc = fdd(ref.samples), class_accuracy(ref.samples, labels)
     print(
         f"reference: n={a.n}, guided w={w}, {spec.solver} {spec.steps} {spec.schedule} "
         f"steps: FDD {ref_fdd:.3f}, accuracy {ref_acc:.3f} (digest {ref.digest})"
@@ -149,12 +155,13 @@ def main() -> None:
         student = load_student(name)
         steps = student[1].steps
         x = batched(
-            lambda z, y, st=student: sample_student(st, z, y, guidance=w),
+            lambda z, c, st=student: sample_student(st, z, c, guidance=w),
             ref.noise,
-            ref.labels,
+            ref.cond,
             a.batch,
+            teacher.cond_spec.select,
         )
-        f, acc = fdd(x), class_accuracy(x, ref.labels)
+        f, acc = fdd(x), class_accuracy(x, labels)
         bname, bfdd, bacc = baselines[steps]
         target = TARGETS.get(steps)
         ok = "" if target is None else (" (met)" if f / ref_fdd <= target else " (missed)")
@@ -177,10 +184,11 @@ def main() -> None:
                 continue
             fp32 = load_student(path)
             x = batched(
-                lambda z, y, st=fp32: sample_student(st, z, y, guidance=w),
+                lambda z, c, st=fp32: sample_student(st, z, c, guidance=w),
                 ref.noise,
-                ref.labels,
+                ref.cond,
                 a.batch,
+                teacher.cond_spec.select,
             )
             f32 = fdd(x)
             print(f"| {name} | {f:.3f} | {f32:.3f} | {f - f32:+.3f} |", flush=True)

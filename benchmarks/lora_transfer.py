@@ -29,7 +29,7 @@ from diffspeed.distill.students import STUDENTS_DIR
 from diffspeed.eval.metrics import class_accuracy, fdd
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
 from diffspeed.models.styles import style_features
-from diffspeed.models.teacher import load_teacher
+from diffspeed.models.teacher import cond_labels, load_teacher
 
 
 def transplant(lcm, base, finetune):
@@ -88,10 +88,10 @@ def main() -> None:
             guidance = None if recipe is None else RECOMMENDED_GUIDANCE
             for k in (int(s) for s in args.steps.split(",")):
                 x = sample_consistency(
-                    student, ref.noise, ref.labels, k, guidance=guidance, generator=spec.seeds()
+                    student, ref.noise, ref.cond, k, guidance=guidance, generator=spec.seeds()
                 )
                 f = fdd(x, feats)
-                acc = 100 * class_accuracy(x, ref.labels)
+                acc = 100 * class_accuracy(x, cond_labels(ref.cond))
                 print(f"| {name} | {k} | {f:.3f} | {f / ref_fdd:.2f} | {acc:.1f} |", flush=True)
 
 

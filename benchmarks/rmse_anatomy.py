@@ -36,12 +36,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    den = guided_teacher(RECOMMENDED_GUIDANCE, load_teacher())
-    ref = reference_set(ReferenceSpec(n=args.n))
+    teacher = load_teacher()
+    den = guided_teacher(RECOMMENDED_GUIDANCE, teacher)
+    ref = reference_set(ReferenceSpec(n=args.n), denoiser=teacher)
     with torch.inference_mode():
         for solver, steps, schedule, opts in CONFIGS:
-            x = diffspeed.sample(den, ref.noise, solver, steps, schedule,
-                                 cond={"class_labels": ref.labels}, **opts)  # fmt: skip
+            x = diffspeed.sample(den, ref.noise, solver, steps, schedule, cond=ref.cond, **opts)
             e = (x - ref.samples).pow(2).flatten(1).mean(1)
             top10 = float(e.sort(descending=True).values[:10].sum() / e.sum())
             rms, med = float(e.mean().sqrt()), float(e.median().sqrt())
@@ -49,9 +49,9 @@ def main() -> None:
                   f"{med:.5f}, 10 worst carry {top10:.2f}", flush=True)  # fmt: skip
 
         k = args.ref_n
+        cond_k = teacher.cond_spec.select(ref.cond, slice(0, k))
         for solver, steps, schedule in FINE if k else []:
-            x = diffspeed.sample(den, ref.noise[:k], solver, steps, schedule,
-                                 cond={"class_labels": ref.labels[:k]})  # fmt: skip
+            x = diffspeed.sample(den, ref.noise[:k], solver, steps, schedule, cond=cond_k)
             err = float((x - ref.samples[:k]).pow(2).mean().sqrt())
             print(f"reference vs {solver}-{steps} {schedule} ({k} samples): RMSE {err:.5f}",
                   flush=True)  # fmt: skip

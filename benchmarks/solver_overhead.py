@@ -53,8 +53,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     den = load_teacher()
-    noise = diffspeed.seeded_noise(range(args.batch), (1, 8, 8))
-    cond = {"class_labels": torch.arange(args.batch) % 10}
+    noise = diffspeed.seeded_noise(range(args.batch), den.cond_spec.sample_shape)
+    cond = den.cond_spec.example_cond(args.batch)
     sigma = torch.full((args.batch,), 1.0)
     lines = [f"batch {args.batch}, {args.steps} steps, {args.threads} threads, median of "
              f"{args.repeats}", "", "| solver | NFE | sample s | NFE x forward s | ratio |",

@@ -1,9 +1,9 @@
 """Training-free solvers vs diffusers' schedulers on the embedded teacher, side by side.
 
 For every NFE in --nfe, every diffspeed solver x schedule (plus the data-free DP-optimised
-schedule, calibrated on noises/labels disjoint from the reference seeds) and every diffusers
+schedule, calibrated on noises/conditions disjoint from the reference seeds) and every diffusers
 scheduler (with trailing, leading and Karras spacing wherever it offers them) samples the
-reference set's noises and labels with the guided teacher (RECOMMENDED_GUIDANCE). Stage 1
+reference set's noises and conditions with the guided teacher (RECOMMENDED_GUIDANCE). Stage 1
 screens every configuration by RMSE on a separate screening set (--screen-n samples of the same
 high-accuracy sampler, seeds disjoint from the reference set, so no choice is made on the
 report set). Stage 1b tunes an Align-Your-Steps-style schedule
@@ -92,10 +92,9 @@ def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).pow(2).mean().sqrt())
 
 
-def run_ours(den, noise, labels, solver, steps, schedule, opts):
+def run_ours(den, noise, cond, solver, steps, schedule, opts):
     """``schedule``: a name or a tensor of sigmas (a tuned schedule)."""
-    return diffspeed.sample(den, noise, solver, steps, schedule, cond={"class_labels": labels},
-                            **opts)  # fmt: skip
+    return diffspeed.sample(den, noise, solver, steps, schedule, cond=cond, **opts)
 
 
 def lookup(tuned, label, schedule, steps):
@@ -103,8 +102,11 @@ def lookup(tuned, label, schedule, steps):
     return tuned.get((schedule, steps, label), tuned.get((schedule, steps), schedule))
 
 
-def run_theirs(unet, cls_name, kwargs, steps, noise, labels, scale):
-    """diffusers' own loop: scale_model_input -> guided UNet eps -> scheduler.step."""
+def run_theirs(base, cls_name, kwargs, steps, noise, cond, scale):
+    """diffusers' own loop: scale_model_input -> guided UNet eps -> scheduler.step.
+
+    ``base``: the unguided teacher (its network and conditioning spec: cond and uncond are
+    batched along each key's sample dimension)."""
     import diffusers
 
     cls = getattr(diffusers, cls_name)
@@ -112,12 +114,12 @@ def run_theirs(unet, cls_name, kwargs, steps, noise, labels, scale):
     sched = cls(**SCHEDULER_CONFIG, **extra)
     sched.set_timesteps(steps)
     x = noise * sched.init_noise_sigma
-    null = torch.full_like(labels, 10)
+    spec = base.cond_spec
+    uncond = spec.unconditional(len(noise))
+    both = {k: torch.cat([cond[k], uncond[k]], spec.batch_dim(k)) for k in cond}
     for t in sched.timesteps:
         inp = sched.scale_model_input(x, t)
-        e_c, e_u = unet(
-            torch.cat([inp, inp]), t, class_labels=torch.cat([labels, null])
-        ).sample.chunk(2)
+        e_c, e_u = base.model(torch.cat([inp, inp]), t, **both).sample.chunk(2)
         x = sched.step(e_u + scale * (e_c - e_u), t, x).prev_sample
     return x, len(sched.timesteps)
 
@@ -142,16 +144,16 @@ def main() -> None:
     base = load_teacher()
     den = guided_teacher(scale, base)
     log(f"reference set n={args.n}")
-    ref = reference_set(ReferenceSpec(n=args.n), progress=True)
+    ref = reference_set(ReferenceSpec(n=args.n), denoiser=base, progress=True)
     s = args.screen_n
-    screen = reference_set(ReferenceSpec(n=s, seed=SCREEN_SEED))
-    noise, labels, target = screen.noise, screen.labels, screen.samples
+    screen = reference_set(ReferenceSpec(n=s, seed=SCREEN_SEED), denoiser=base)
+    noise, cond, target = screen.noise, screen.cond, screen.samples
 
     # data-free DP schedules, calibrated on seeds disjoint from the reference seeds
     calib = diffspeed.seeded_noise([CALIBRATION_SEED_BASE + i for i in range(args.calib_n)],
-                                   (1, 8, 8))  # fmt: skip
+                                   base.cond_spec.sample_shape)  # fmt: skip
     all_steps = sorted({SOLVERS[sv].steps_for_nfe(n) for _, sv, _ in OURS for n in nfes})
-    calib_cond = {"class_labels": torch.arange(args.calib_n) % 10}
+    calib_cond = base.cond_spec.example_cond(args.calib_n)
     dp, tune_nfe = dp_schedules(den, calib, all_steps, grid=args.grid, cond=calib_cond)
     tuned = {("dp", k): v for k, v in dp.items()}
     log(f"DP schedules for steps {all_steps}: {tune_nfe} NFE")
@@ -168,7 +170,7 @@ def main() -> None:
                 if spec.nfe(steps) != nfe:
                     continue
                 for sch in SCHEDULES:
-                    x = run_ours(den, noise, labels, sv, steps, lookup(tuned, label, sch, steps),
+                    x = run_ours(den, noise, cond, sv, steps, lookup(tuned, label, sch, steps),
                                  opts)  # fmt: skip
                     rows.append((nfe, "diffspeed", f"{label}/{sch}", rmse(x, target)))
             for label, cls, kw, to_steps in THEIRS:
@@ -176,9 +178,7 @@ def main() -> None:
                 if not steps:
                     continue
                 for sp, skw in SPACINGS.items():
-                    x, used = run_theirs(
-                        base.model, cls, {**kw, **skw}, steps, noise, labels, scale
-                    )
+                    x, used = run_theirs(base, cls, {**kw, **skw}, steps, noise, cond, scale)
                     if used == nfe:
                         rows.append((nfe, "diffusers", f"{label}/{sp}", rmse(x, target)))
             # stage 1b: AYS-tuned schedules for the best few solvers at this NFE
@@ -200,7 +200,7 @@ def main() -> None:
                     sig = torch.tensor(res.sigmas, dtype=torch.float64)
                     tuned[(f"ays<{sch}", steps, lab)] = sig
                     ays_nfe += res.nfe
-                    x = run_ours(den, noise, labels, sv, steps, sig, opts)
+                    x = run_ours(den, noise, cond, sv, steps, sig, opts)
                     rows.append((nfe, "diffspeed", f"{lab}/ays<{sch}", rmse(x, target)))
 
     log("stage 2")
@@ -220,14 +220,14 @@ def main() -> None:
                 lab, sch = best["diffspeed"].split("/")
                 sv, o = spec_by_label[lab]
                 steps = SOLVERS[sv].steps_for_nfe(nfe)
-                full["diffspeed"] = run_ours(den, ref.noise, ref.labels, sv, steps,
+                full["diffspeed"] = run_ours(den, ref.noise, ref.cond, sv, steps,
                                              lookup(tuned, lab, sch, steps), o)  # fmt: skip
             if "diffusers" in best:
                 lab, sp = best["diffusers"].split("/")
                 cls, kw, f = theirs_by_label[lab]
                 steps = f(nfe) if f else nfe
-                full["diffusers"] = run_theirs(base.model, cls, {**kw, **SPACINGS[sp]}, steps,
-                                               ref.noise, ref.labels, scale)[0]  # fmt: skip
+                full["diffusers"] = run_theirs(base, cls, {**kw, **SPACINGS[sp]}, steps,
+                                               ref.noise, ref.cond, scale)[0]  # fmt: skip
             r = {k: rmse(v, ref.samples) for k, v in full.items()}
             f_ = {k: fdd(v) for k, v in full.items()}
             table.append((nfe, best, r, f_))

@@ -10,7 +10,7 @@ way a user would answer it without touching the report set:
 2. screening: every candidate samples the ``--screen-n`` screening set (``ReferenceSpec`` seed
    7, noises disjoint from the report set) and is ranked by its FDD there;
 3. report: the ``--top`` best by screening FDD sample the report set (seeds 0..n-1, the same
-   noises and labels as the reference) and are scored by FDD, accuracy and RMSE to the
+   noises and conditions as the reference) and are scored by FDD, accuracy and RMSE to the
    reference sample. The pick is the screening winner, whatever its report-set number.
 
     python benchmarks/solvers_fdd.py --nfe 8 --out benchmarks/results/solvers-fdd8.md
@@ -28,7 +28,7 @@ from solvers import OURS, SCREEN_SEED, log, rmse, run_ours
 import diffspeed
 from diffspeed.eval.metrics import class_accuracy, fdd
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
-from diffspeed.models.teacher import guided_teacher, load_teacher
+from diffspeed.models.teacher import cond_labels, guided_teacher, load_teacher
 from diffspeed.solvers import SOLVERS
 from diffspeed.solvers.optimize import CALIBRATION_SEED_BASE, tune_schedule
 
@@ -49,14 +49,17 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    den = guided_teacher(RECOMMENDED_GUIDANCE, load_teacher())
+    teacher = load_teacher()
+    cspec = teacher.cond_spec
+    den = guided_teacher(RECOMMENDED_GUIDANCE, teacher)
     specs = {label: (sv, opts) for label, sv, opts in OURS}
     calib = diffspeed.seeded_noise(
-        [CALIBRATION_SEED_BASE + i for i in range(args.calib_n)], (1, 8, 8)
+        [CALIBRATION_SEED_BASE + i for i in range(args.calib_n)], cspec.sample_shape
     )
-    calib_cond = {"class_labels": torch.arange(args.calib_n) % 10}
+    calib_cond = cspec.example_cond(args.calib_n)
     screen_spec = ReferenceSpec(n=args.screen_n, seed=SCREEN_SEED)  # FDD needs no reference
-    screen_noise = diffspeed.seeded_noise(screen_spec.seeds(), (1, 8, 8))
+    screen_noise = diffspeed.seeded_noise(screen_spec.seeds(), cspec.sample_shape)
+    screen_cond = cspec.example_cond(screen_spec.n)
     shifts = [float(v) for v in args.shifts.split(",")]
 
     candidates = {}  # name -> (solver, steps, schedule, options)
@@ -83,19 +86,19 @@ def main() -> None:
 
         screened = []
         for name, (sv, steps, sch, o) in candidates.items():
-            x = run_ours(den, screen_noise, screen_spec.labels(), sv, steps, sch, o)
+            x = run_ours(den, screen_noise, screen_cond, sv, steps, sch, o)
             screened.append((fdd(x), name))
             log(f"screen {name}: FDD {screened[-1][0]:.4f}")
         screened.sort()
 
-        ref = reference_set(ReferenceSpec(n=args.n))
+        ref = reference_set(ReferenceSpec(n=args.n), denoiser=teacher)
         ref_fdd = fdd(ref.samples)
         rows = []
         for s_fdd, name in screened[: args.top]:
             sv, steps, sch, o = candidates[name]
-            x = run_ours(den, ref.noise, ref.labels, sv, steps, sch, o)
+            x = run_ours(den, ref.noise, ref.cond, sv, steps, sch, o)
             f = fdd(x)
-            acc = class_accuracy(x, ref.labels)
+            acc = class_accuracy(x, cond_labels(ref.cond))
             rows.append((name, s_fdd, f, f / ref_fdd, acc, rmse(x, ref.samples)))
 
     lines = [

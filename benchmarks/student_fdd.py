@@ -1,7 +1,7 @@
 """FDD and class accuracy of any student file (or the teacher's DDIM) on the report set.
 
 Scores training-run students that are not shipped (e.g. a round of a chain, a stage-1 student,
-an experimental consistency model) on the same noises and labels as the shipped ones
+an experimental consistency model) on the same noises and conditions as the shipped ones
 (``ReferenceSpec(n)``, guidance ``RECOMMENDED_GUIDANCE``):
 
     python benchmarks/student_fdd.py --ddim 16,32,64
@@ -25,7 +25,7 @@ from diffspeed.distill.lora import load_lora
 from diffspeed.distill.students import load_student
 from diffspeed.eval.metrics import class_accuracy, fdd
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
-from diffspeed.models.teacher import guided_teacher, load_teacher
+from diffspeed.models.teacher import cond_labels, guided_teacher, load_teacher
 from diffspeed.solvers import sample
 
 
@@ -52,10 +52,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    ref = reference_set(ReferenceSpec(n=args.n))
+    teacher = load_teacher()
+    ref = reference_set(ReferenceSpec(n=args.n), denoiser=teacher)
     ref_fdd = fdd(ref.samples)
     print(f"reference: n={args.n}, FDD {ref_fdd:.4f}", flush=True)
-    noise, labels = ref.noise, ref.labels
+    noise, ref_cond = ref.noise, ref.cond
+    labels = cond_labels(ref_cond)
 
     def report(name: str, x: torch.Tensor) -> None:
         f = fdd(x)
@@ -63,9 +65,9 @@ def main() -> None:
         print(f"{name}: FDD {f:.4f} ({f / ref_fdd:.3f}x reference), accuracy {acc:.3f}", flush=True)
 
     with torch.inference_mode():
-        den = guided_teacher(RECOMMENDED_GUIDANCE, load_teacher())
+        den = guided_teacher(RECOMMENDED_GUIDANCE, teacher)
         for k in (int(v) for v in args.ddim.split(",") if v):
-            x = sample(den, noise, "ddim", k, "trailing", cond={"class_labels": labels})
+            x = sample(den, noise, "ddim", k, "trailing", cond=ref_cond)
             report(f"teacher guided DDIM-{k}", x)
         if args.ode:
             solver, steps, schedule = args.ode.split(",")
@@ -73,16 +75,16 @@ def main() -> None:
             def ode(d, cond):
                 return sample(d, noise, solver, int(steps), schedule, cond=cond)
 
-            report(f"teacher guided {args.ode}", ode(den, {"class_labels": labels}))
+            report(f"teacher guided {args.ode}", ode(den, ref_cond))
         for name in args.students:
             if args.ode:
                 student, recipe = load_student(name)
-                report(f"{name} {args.ode}", ode(student, recipe.cond({"class_labels": labels})))
+                report(f"{name} {args.ode}", ode(student, recipe.cond(ref_cond)))
             else:
-                report(name, sample_student(name, noise, labels))
+                report(name, sample_student(name, noise, ref_cond))
         for name in args.consistency:
             den, recipe = load_consistency(name)
-            cond = recipe.cond({"class_labels": labels}, RECOMMENDED_GUIDANCE)
+            cond = recipe.cond(ref_cond, RECOMMENDED_GUIDANCE)
             strengths = [float(v) for v in args.strengths.split(",") if v] or [den.strength]
             for strength, k in itertools.product(strengths, map(int, args.steps.split(","))):
                 x = sample(den, noise, "lcm", k, "lcm", cond=cond, generator=list(range(args.n)),
@@ -90,9 +92,9 @@ def main() -> None:
                 at = f", strength {strength}" if args.strengths else ""
                 report(f"{name} {k} steps{at}", x)
         for path in args.lora:
-            den = load_lora(path, load_teacher())
+            den = load_lora(path, teacher)
             for k in map(int, args.steps.split(",")):
-                x = sample_consistency(den, noise, labels, k, generator=list(range(args.n)))
+                x = sample_consistency(den, noise, ref_cond, k, generator=list(range(args.n)))
                 report(f"{path} {k} steps", x)
 
 
