@@ -148,6 +148,7 @@ def main() -> None:
         emit(f"| {solver} | {best[0]} | {got['fdd']:.4f} | {got['fdd'] / ref['fdd']:.3f} | "
              f"{got['accuracy']:.4f} |")  # fmt: skip
     emit()
+    caching(pipe, w_rec, screen, report, ddim, emit)
     emit(f"Total time {(time.time() - t_start) / 60:.1f} min.")
 
     if args.grid:
@@ -155,6 +156,82 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")
+
+
+def caching(pipe, w: float, screen, report, ddim: dict, emit) -> None:
+    """DeepCache on mini-sd's UNet next to "fewer DDIM steps", with end-to-end latency ratios
+    (text encoding + UNet loop + VAE decode, batch 20) timed round-robin against DDIM 50."""
+    import statistics
+
+    from diffspeed.cache import DeepCache
+    from diffspeed.cache.hooks import apply_cache
+
+    rows = [("DDIM 50", 50, None)]
+    rows += [(f"DeepCache interval {k}, branch 0", 50, DeepCache(interval=k, branch=0))
+             for k in (2, 3, 5)]  # fmt: skip
+    rows += [(f"DDIM {n}", n, None) for n in (25, 17, 10)]
+    prompts = [msd.caption(i % 10, "regular", 0, False) for i in range(20)]
+
+    def run(steps, cache):
+        handle = apply_cache(pipe, cache) if cache is not None else None
+        try:
+            t0 = time.perf_counter()
+            pipe(prompts, num_inference_steps=steps, guidance_scale=w, height=32, width=32,
+                 output_type="pt", generator=torch.Generator().manual_seed(0))  # fmt: skip
+            return time.perf_counter() - t0
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    with_solver(pipe, "ddim", "trailing")
+    for _, steps, cache in rows:
+        run(steps, cache)  # warm-up
+    ratios: dict[str, list[float]] = {name: [] for name, _, _ in rows}
+    for _ in range(5):
+        base = run(50, None)
+        for name, steps, cache in rows:
+            ratios[name].append(base / run(steps, cache))
+    emit("## Feature caching vs fewer steps (DDIM, report set; speedup = end-to-end latency "
+         "ratio to DDIM 50, median of 5 rounds)")  # fmt: skip
+    emit()
+    emit("| row | speedup | FDD | FDD / DDIM 50 | accuracy |")
+    emit("|---|---:|---:|---:|---:|")
+    for name, steps, cache in rows:
+        handle = apply_cache(pipe, cache) if cache is not None else None
+        try:
+            got = ddim if name == "DDIM 50" else score(
+                generate(pipe, report, steps=steps, guidance=w))  # fmt: skip
+        finally:
+            if handle is not None:
+                handle.remove()
+        emit(f"| {name} | {statistics.median(ratios[name]):.2f}x | {got['fdd']:.4f} | "
+             f"{got['fdd'] / ddim['fdd']:.3f} | {got['accuracy']:.4f} |")  # fmt: skip
+    emit()
+    shares(pipe, w, prompts, emit)
+
+
+def shares(pipe, w: float, prompts: list[str], emit) -> None:
+    """Where DDIM 50's end-to-end time goes: text encoding, the UNet loop, VAE decoding."""
+    import statistics
+
+    parts = {"text encoding": [], "UNet loop (50 steps)": [], "VAE decode": []}
+    for _ in range(5):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            emb, neg = pipe.encode_prompt(prompts, "cpu", 1, True, negative_prompt=None)
+        t1 = time.perf_counter()
+        lat = pipe(prompt_embeds=emb, negative_prompt_embeds=neg, num_inference_steps=50,
+                   guidance_scale=w, height=32, width=32, output_type="latent").images  # fmt: skip
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            pipe.vae.decode(lat / pipe.vae.config.scaling_factor)
+        t3 = time.perf_counter()
+        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            parts[key].append(dt)
+    total = sum(statistics.median(v) for v in parts.values())
+    share = [f"{k} {100 * statistics.median(v) / total:.1f} %" for k, v in parts.items()]
+    emit(f"End-to-end DDIM 50, batch {len(prompts)}: " + ", ".join(share))
+    emit()
 
 
 def save_grid(pipe, w: float, path: Path) -> None:
