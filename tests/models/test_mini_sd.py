@@ -113,3 +113,24 @@ def test_latent_denoiser_reads_its_spec_and_caches_prompts():
     x = diffspeed.sample(diffspeed.guidance(den, 3.0), noise, "dpmpp_2m", 6, cond=cond)
     assert x.shape == (12, 4, 8, 8) and torch.isfinite(x).all()
     assert torch.equal(cond["encoder_hidden_states"][0], cond["encoder_hidden_states"][10])
+
+
+@pytest.mark.skipif(not (mini_sd_path() / "model_index.json").is_file(), reason="not shipped")
+def test_a_long_prompt_is_truncated_with_a_warning():
+    import logging
+
+    from diffusers.utils import logging as dlog
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = dlog.get_logger("diffusers")
+    logger.addHandler(handler)
+    try:
+        pipe = load_pipeline()
+        prompt = "a thin handwritten seven " * 6  # 24 words: longer than the 16 tokens
+        out = pipe(prompt, num_inference_steps=2, height=32, width=32, output_type="pt").images
+    finally:
+        logger.removeHandler(handler)
+    assert torch.isfinite(out).all()
+    assert any("truncated" in r.getMessage() for r in records)
