@@ -50,13 +50,49 @@ def _uncond(text: str) -> dict[str, Any]:
         raise ConfigError(f"--uncond {text!r}: values must be numbers or lists ({e})") from None
 
 
-def _run(plan, args: argparse.Namespace) -> int:
+def _print(results: dict[str, Any], out: Path) -> None:
     from rich.console import Console
 
-    from diffspeed.bench.config import BenchPlan
     from diffspeed.bench.report import rich_table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=180)
+    console.print(rich_table(results))
+    console.print(f"report: {Path(out) / 'index.html'} (and report.md, results.json)")
+
+
+def _run_pipeline(plan, folder: str, args: argparse.Namespace) -> int:
+    """The pipeline bench (mini-sd or a diffusers pipeline folder); states its wall time."""
+    from diffspeed.bench.config import BenchPlan
+    from diffspeed.bench.pipeline import PipelineOptions, run_pipeline_bench
+
+    for flag in ("shape", "uncond"):
+        if getattr(args, flag, None):
+            raise ConfigError(
+                f"--{flag} is for a bare denoiser; a pipeline brings its own shape and "
+                "unconditional input (the empty prompt)"
+            )
+    over = {k: getattr(args, k) for k, _ in _OVERRIDES}
+    plan = BenchPlan(plan.settings.with_overrides(**over), plan.rows)
+    model = PipelineOptions(
+        folder=folder, prompts=tuple(args.prompt), device=getattr(args, "device", None)
+    )
+    results = run_pipeline_bench(
+        plan, args.out, model=model, resume=not args.no_resume, progress=not args.no_progress
+    )
+    _print(results, args.out)
+    minutes, seconds = divmod(round(results["wall_s"]), 60)
+    print(f"{args.command} took {minutes} min {seconds} s (wall time, this machine)")
+    return 0
+
+
+def _run(plan, args: argparse.Namespace) -> int:
+    from diffspeed.bench.config import BenchPlan
     from diffspeed.bench.runner import ModelOptions, run_bench
 
+    if args.prompt:
+        raise ConfigError("--prompt is for a text-to-image pipeline (--model mini-sd or a folder)")
     over = {k: getattr(args, k) for k, _ in _OVERRIDES}
     plan = BenchPlan(plan.settings.with_overrides(**over), plan.rows)
     model = ModelOptions(
@@ -69,24 +105,36 @@ def _run(plan, args: argparse.Namespace) -> int:
         plan, args.out, model=model, resume=not args.no_resume, progress=not args.no_progress
     )
     if int(os.environ.get("RANK", "0")) == 0:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=180)
-        console.print(rich_table(results))
-        console.print(f"report: {Path(args.out) / 'index.html'} (and report.md, results.json)")
+        _print(results, args.out)
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from diffspeed.bench.config import demo_plan
+    from diffspeed.bench.pipeline import SHIPPED_MODELS, pipeline_demo_plan, resolve_model
 
+    kind, source = resolve_model(args.model)
+    if kind == "pipeline":
+        return _run_pipeline(pipeline_demo_plan(), source, args)
+    if source is not None:
+        raise ConfigError(
+            f"diffspeed demo runs a shipped model ({', '.join(SHIPPED_MODELS)}) or a pipeline "
+            f"folder; bench {args.model!r} with: diffspeed bench --model {args.model} ..."
+        )
     return _run(demo_plan(), args)
 
 
 def _bench(args: argparse.Namespace) -> int:
     from diffspeed.bench.config import BenchPlan, BenchSettings, load_plan, parse_row_arg
+    from diffspeed.bench.pipeline import pipeline_demo_plan, resolve_model
 
-    plan = load_plan(args.config) if args.config else BenchPlan(BenchSettings(), ())
+    kind, source = resolve_model(args.model)
+    if args.config:
+        plan = load_plan(args.config)
+    elif kind == "pipeline":  # the pipeline demo's settings, none of its rows
+        plan = BenchPlan(pipeline_demo_plan().settings, ())
+    else:
+        plan = BenchPlan(BenchSettings(), ())
     rows = plan.rows + tuple(parse_row_arg(r) for r in args.row)
     if not rows:
         raise ConfigError("nothing to run: give a bench TOML file and/or --row KEY=VALUE,...")
@@ -94,6 +142,9 @@ def _bench(args: argparse.Namespace) -> int:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"duplicate row names {dupes}; give each row a unique name=...")
+    if kind == "pipeline":
+        return _run_pipeline(replace(plan, rows=rows), source, args)
+    args.model = source
     return _run(replace(plan, rows=rows), args)
 
 
@@ -104,6 +155,14 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
         p.add_argument(flag, type=typ, default=None, help=f"override settings.{key}")
     p.add_argument("--no-resume", action="store_true", help="recompute rows already finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a prompt for a pipeline model (repeatable, cycled over the samples; mini-sd has "
+        "its own)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -114,6 +173,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Every acceleration method of diffspeed on the embedded digits teacher, "
         "timed and scored side by side (rows: diffspeed/bench/demo.toml).",
     )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="digits (default: the quick digits run), mini-sd (its pipeline rows: "
+        "diffspeed/bench/demo_mini_sd.toml) or a diffusers text-to-image pipeline folder",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
     _common(p, "diffspeed-report")
     p.set_defaults(func=_demo)
 
@@ -135,7 +201,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="teacher .safetensors, diffusers folder (unet/ + scheduler/) or module:function",
+        help="a shipped model (digits, mini-sd), a diffusers text-to-image pipeline folder "
+        "(model_index.json; safetensors only), a teacher .safetensors, a diffusers folder "
+        "(unet/ + scheduler/) or module:function",
     )
     p.add_argument("--shape", default=None, help="C,H,W of an image (import-path models)")
     p.add_argument(

@@ -44,6 +44,51 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+#: Columns of a pipeline bench (``results["kind"] == "pipeline"``): end-to-end latency.
+PIPELINE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("method", "name", "{}"),
+    ("family", "family", "{}"),
+    ("NFE", "nfe", "{}"),
+    ("ms/img", "latency_ms", "{:.2f}"),
+    ("speedup", "speedup", "{:.2f}x"),
+    ("FDD", "fdd", "{:.3f}"),
+    ("FDD/ref", "fdd_vs_reference", "{:.2f}"),
+    ("acc %", "accuracy_pct", "{:.1f}"),
+    ("PSNR dB", "psnr", "{:.2f}"),
+    ("RMSE", "rmse", "{:.4f}"),
+    ("peak MB", "peak_mb", "{:.2f}"),
+    ("size MB", "size_mb", "{:.2f}"),
+)
+
+#: What each column of a pipeline bench means (a line per column in its ``report.md``).
+PIPELINE_NOTES = {
+    "method": "the row: scheduler (solver, steps, schedule), cache or diffusers peer",
+    "family": "solver (diffspeed's Scheduler), cache (a feature cache on the UNet) or peer "
+    "(a diffusers scheduler)",
+    "NFE": "UNet calls per image (a guided call batches cond and uncond and counts once)",
+    "ms/img": "end-to-end latency per image of one pipeline call, text encoding and VAE decode "
+    "included: median over the timing rounds / images per call",
+    "speedup": "median over rounds of the baseline's time / the row's time, both timed in the "
+    "same round (round-robin, the baseline in every round)",
+    "FDD": "Frechet distance to the real digits in the digits classifier's feature space, "
+    "images pooled to 8x8 (embedded models only)",
+    "FDD/ref": "the row's FDD / the fidelity reference's FDD",
+    "acc %": "the digits classifier's accuracy against the digit each prompt asked for "
+    "(embedded models only)",
+    "PSNR dB": "PSNR of the decoded images to the reference's from the same latents and prompts "
+    "(data range [-1, 1])",
+    "RMSE": "root-mean-square difference of the decoded images to the reference's",
+    "peak MB": "memory above the level at the start while generating one quality batch "
+    "(CUDA: max_memory_allocated; CPU: peak RSS)",
+    "size MB": "bytes of the pipeline's weights (UNet, VAE, text encoder)",
+}
+
+
+def columns_of(results: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """The table columns for ``results`` (a pipeline bench has its own)."""
+    return PIPELINE_COLUMNS if results.get("kind") == "pipeline" else COLUMNS
+
+
 def _derived(rec: dict[str, Any]) -> dict[str, Any]:
     d = dict(rec)
     d["latency_ms"] = rec["latency_s"] * 1e3
@@ -68,8 +113,9 @@ def _cell(value: Any, fmt: str) -> str:
 
 def table_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells of the results table."""
-    header = [c[0] for c in COLUMNS]
-    body = [[_cell(r.get(key), fmt) for _, key, fmt in COLUMNS] for r in ordered_rows(results)]
+    columns = columns_of(results)
+    header = [c[0] for c in columns]
+    body = [[_cell(r.get(key), fmt) for _, key, fmt in columns] for r in ordered_rows(results)]
     return header, body
 
 
@@ -186,6 +232,8 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def _summary_lines(results: dict[str, Any]) -> list[str]:
+    if results.get("summary"):  # the runner said how it measured
+        return [f"- {line}" for line in results["summary"]]
     m = results.get("manifest", {})
     s = results.get("settings", {})
     ref = results.get("reference", {})
@@ -210,7 +258,12 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> Path:
-    """``report.md``: the table, the run's settings, links to the figures."""
+    """``report.md``: the table, the run's settings, links to the figures (and, for a
+    pipeline bench, a line per column saying what it measures)."""
+    notes = []
+    if results.get("kind") == "pipeline":
+        notes = ["Columns:", ""]
+        notes += [f"- **{h}**: {PIPELINE_NOTES[h]}" for h, _, _ in PIPELINE_COLUMNS] + [""]
     text = "\n".join(
         [
             "# diffspeed bench report",
@@ -219,6 +272,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> Path:
             "",
             *_summary_lines(results),
             "",
+            *notes,
             "![speed vs quality](pareto.png)",
             "",
             "![same noise through each method](grid.png)",
