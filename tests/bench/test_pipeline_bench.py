@@ -92,6 +92,13 @@ def test_bench_through_the_pipeline_writes_the_report(sd_folder, tmp_path, capsy
     assert "round-robin" in md and "text encoding and VAE decode included" in md
 
 
+def test_model_sources_are_sorted(sd_folder, tmp_path):
+    assert resolve_model(None) == resolve_model("digits") == ("denoiser", None)
+    assert resolve_model(str(sd_folder)) == ("pipeline", str(sd_folder))
+    assert resolve_model(str(tmp_path)) == ("denoiser", str(tmp_path))  # unet/ + scheduler/
+    assert resolve_model("my_pkg.models:build") == ("denoiser", "my_pkg.models:build")
+
+
 def test_unknown_model_name_lists_the_shipped_ones(capsys):
     with pytest.raises(ConfigError, match="digits, mini-sd") as err:
         resolve_model("mini-sdxl")
