@@ -120,6 +120,22 @@ class PipelineOptions:
     device: str | None = None
 
 
+@contextmanager
+def _no_loading_bars() -> Iterator[None]:
+    """diffusers' and transformers' loading progress bars off (as they were on exit)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libs = [m for m in (diffusers_logging, transformers_logging) if m.is_progress_bar_enabled()]
+    for lib in libs:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib in libs:
+            lib.enable_progress_bar()
+
+
 def load_text_to_image(folder: str | Path, device: torch.device | str = "cpu") -> Any:
     """A diffusers text-to-image pipeline from ``folder``, offline, safetensors only.
 
@@ -133,9 +149,10 @@ def load_text_to_image(folder: str | Path, device: torch.device | str = "cpu") -
 
     check_safetensors_folder(folder)
     try:
-        pipe = diffusers.DiffusionPipeline.from_pretrained(
-            folder, use_safetensors=True, local_files_only=True
-        )
+        with _no_loading_bars():
+            pipe = diffusers.DiffusionPipeline.from_pretrained(
+                folder, use_safetensors=True, local_files_only=True
+            )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise WeightsError(f"cannot load the diffusers pipeline in {folder}: {e}") from None
     missing = [p for p in ("unet", "vae", "text_encoder") if getattr(pipe, p, None) is None]
