@@ -152,3 +152,13 @@ def test_round_robin_takes_the_median_of_per_round_ratios():
     )
     assert got["base"]["speedup"] == 1.0 and got["base"]["runs_s"] == [2.0, 2.0, 2.0]
     assert got["fast"]["speedup"] == 2.0 and got["fast"]["median_s"] == 1.0
+
+
+def test_mini_sd_name_is_the_shipped_pipeline():
+    from diffspeed.models import mini_sd_path
+    from diffspeed.models.pipeline_scoring import MINI_SD, pipeline_scoring_for
+
+    if not (mini_sd_path() / "model_index.json").is_file():
+        pytest.skip("mini-sd is not installed in this checkout")
+    assert resolve_model("mini-sd") == ("pipeline", str(mini_sd_path()))
+    assert pipeline_scoring_for(mini_sd_path()) is MINI_SD
