@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import re
 import statistics
 import time
@@ -409,25 +408,12 @@ def _timings(run: PipelineRun, rows: list[PipelineRow], s: BenchSettings) -> dic
 
 # --- the run ----------------------------------------------------------------------------------
 def _manifest(run: PipelineRun, s: BenchSettings, folder: str) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from diffspeed.bench.runner import _device_name, _git_commit
+    from diffspeed.bench.runner import environment
     from diffspeed.models.io import weights_digest
 
-    versions = {}
-    for pkg in ("diffspeed", "torch", "diffusers", "transformers", "numpy", "safetensors"):
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            versions[pkg] = None
+    packages = ("diffspeed", "torch", "diffusers", "transformers", "numpy", "safetensors")
     return {
-        "versions": versions,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "device": str(run.device),
-        "device_name": _device_name(run.device),
+        **environment(run.device, packages),
         "processes": 1,
         "pipeline": type(run.pipe).__name__,
         "model": folder,
@@ -437,8 +423,6 @@ def _manifest(run: PipelineRun, s: BenchSettings, folder: str) -> dict[str, Any]
             "noise_seeds": f"seed * 1_000_003 + i for i < {s.samples}",
             "first": run.seeds[:3],
         },
-        "git": _git_commit(),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 

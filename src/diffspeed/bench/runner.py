@@ -229,12 +229,13 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def manifest(ctx: BenchContext, s: BenchSettings, ref: Reference, procs: int) -> dict:
-    """Everything needed to reproduce the numbers (versions, threads, device, seeds, commit)."""
+def environment(device: torch.device, packages: tuple[str, ...]) -> dict[str, Any]:
+    """Versions of ``packages``, Python, platform, threads and device: the part of a bench
+    manifest that describes the machine."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
-    for pkg in ("diffspeed", "torch", "diffusers", "accelerate", "numpy", "scipy", "safetensors"):
+    for pkg in packages:
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -246,20 +247,28 @@ def manifest(ctx: BenchContext, s: BenchSettings, ref: Reference, procs: int) ->
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "cpu_count": os.cpu_count(),
-        "device": str(ctx.device),
-        "device_name": _device_name(ctx.device),
+        "device": str(device),
+        "device_name": _device_name(device),
+        "git": _git_commit(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def manifest(ctx: BenchContext, s: BenchSettings, ref: Reference, procs: int) -> dict:
+    """Everything needed to reproduce the numbers (versions, threads, device, seeds, commit)."""
+    packages = ("diffspeed", "torch", "diffusers", "accelerate", "numpy", "scipy", "safetensors")
+    return {
+        **environment(ctx.device, packages),
         "processes": procs,
         "seeds": {
             "reference_seed": s.seed,
             "noise_seeds": f"seed * 1_000_003 + i for i < {s.samples}",
             "first": ref.spec.seeds()[:3],
         },
-        "git": _git_commit(),
         "reference_digest": ref.digest,
         "model_digest": weights_digest(network_of(ctx.denoiser)),
         "sample_shape": list(ctx.sample_shape),
         "cond_keys": None if ctx.cond_spec.keys is None else list(ctx.cond_spec.keys),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
