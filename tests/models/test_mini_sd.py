@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from diffspeed.errors import WeightsError
 from diffspeed.models.minisd import data as msd
+from diffspeed.models.minisd.lora import mini_sd_lcm_lora_path
 from diffspeed.models.minisd.quality import load_pipeline, mini_sd_path
 from diffspeed.models.minisd.tokenizer import MAX_LENGTH, save_tokenizer
 
@@ -134,3 +135,22 @@ def test_a_long_prompt_is_truncated_with_a_warning():
         logger.removeHandler(handler)
     assert torch.isfinite(out).all()
     assert any("truncated" in r.getMessage() for r in records)
+
+
+@pytest.mark.skipif(not (mini_sd_lcm_lora_path()).is_dir(), reason="not shipped")
+@pytest.mark.parametrize("steps", [2, 4])
+def test_shipped_lcm_lora_in_plain_diffusers_pipelines(steps):
+    from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline
+
+    pipe = load_pipeline()
+    pipe.load_lora_weights(str(mini_sd_lcm_lora_path()))
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    gen = torch.Generator().manual_seed(0)
+    kw = {"num_inference_steps": steps, "guidance_scale": 1.0, "output_type": "pt"}
+    out = pipe(["a handwritten seven", "a thin 3"], height=32, width=32, generator=gen, **kw)
+    assert out.images.shape == (2, 3, 32, 32) and torch.isfinite(out.images).all()
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    again = img2img(["a thick 2", "a handwritten one"], image=out.images, strength=0.6,
+                    generator=gen, **kw).images  # fmt: skip
+    assert again.shape == (2, 3, 32, 32) and torch.isfinite(again).all()

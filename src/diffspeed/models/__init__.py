@@ -1,6 +1,7 @@
 """The embedded models: the digits teacher and its classifier, and mini-sd (a tiny Stable
 Diffusion). The only package that knows their labels, prompts and shapes."""
 
+from diffspeed.models.minisd.lora import mini_sd_lcm_lora_path
 from diffspeed.models.minisd.quality import mini_sd_path
 
-__all__ = ["mini_sd_path"]
+__all__ = ["mini_sd_lcm_lora_path", "mini_sd_path"]
