@@ -78,3 +78,28 @@ def make_pipeline(cls, components, scheduler):
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_unet(**kw):
+    """A 1-channel 8x8 ``UNet2DModel`` (random weights, seed 0, eval mode)."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        layers_per_block=1, norm_num_groups=8, **kw,
+    ).eval()  # fmt: skip
+
+
+def tiny_text_unet(**kw):
+    """A 4-channel 8x8 ``UNet2DConditionModel`` with cross-attention width 16 (seed 0)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8, **kw,
+    ).eval()  # fmt: skip

@@ -1,28 +1,14 @@
 """Tiny randomly initialised diffusers models for the cache tests (CPU, milliseconds each)."""
 
 import torch
+from tiny_sd import tiny_text_unet
 
 import diffspeed
 from diffspeed.models.teacher import build_scheduler, build_unet
 
 
 def tiny_unet_cond():
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1,
-        cross_attention_dim=16,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        encoder_hid_dim=12,
-    ).eval()
+    return tiny_text_unet(encoder_hid_dim=12)
 
 
 def tiny_dit():

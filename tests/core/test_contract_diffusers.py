@@ -4,6 +4,7 @@ diffusers models built offline."""
 
 import pytest
 import torch
+from tiny_sd import tiny_text_unet, tiny_unet
 
 import diffspeed
 from diffspeed.core.adapters import SplitLearnedSigma
@@ -18,38 +19,11 @@ def _sched():
 
 
 def _unet(**kw):
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=8,
-        **kw,
-    ).eval()
+    return tiny_unet(**kw)
 
 
 def _text_unet():
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1,
-        cross_attention_dim=16,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ).eval()
+    return tiny_text_unet()
 
 
 def _dit(out_channels):
