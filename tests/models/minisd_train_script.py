@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--kill-after-checkpoint", type=int, default=-1)
     a = p.parse_args()
     if a.kill_after_checkpoint >= 0:
-        real, written = train._save_train_state, []
+        real, written = train.save_train_state, []
 
         def dying_save(*args, **kwargs):
             real(*args, **kwargs)
@@ -46,7 +46,7 @@ def main() -> None:
             if len(written) == a.kill_after_checkpoint:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        train._save_train_state = dying_save
+        train.save_train_state = dying_save
     train.train_mini_sd(a.out, TINY)
 
 

@@ -52,9 +52,6 @@ SHIPPED_MODELS = ("digits", "mini-sd")
 PIPELINE_KINDS = ("solver", "cache", "peer")
 #: Schedule of a solver or cache row that names none.
 DEFAULT_SCHEDULE = "trailing"
-RESULTS = "results.json"
-#: Format version of the pipeline bench's ``results.json``.
-RESULTS_VERSION = 1
 #: The parts of an end-to-end call whose time share is reported.
 PARTS = ("text encoding", "denoising loop", "VAE decode")
 
@@ -436,22 +433,6 @@ def _run_key(s: BenchSettings, manifest: dict[str, Any], prompts: list[str]) -> 
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _load_results(out: Path, key: str, resume: bool) -> dict[str, Any]:
-    path = out / RESULTS
-    fresh = {"version": RESULTS_VERSION, "kind": "pipeline", "run_key": key, "rows": {}}
-    if not resume or not path.is_file():
-        return fresh
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        log.warning("%s is unreadable; starting a fresh run", path)
-        return fresh
-    if old.get("run_key") != key or old.get("kind") != "pipeline":
-        log.warning("%s was written with other settings or another model; starting afresh", path)
-        return fresh
-    return old
-
-
 def _plan_rows(plan: BenchPlan, base_config: Any) -> list[PipelineRow]:
     """The baseline first, then the plan's rows (a copy of the baseline is dropped); every row
     is built here, so a bad one fails before anything runs."""
@@ -559,7 +540,9 @@ def run_pipeline_bench(
         s.guidance,
     )
     manifest = _manifest(run, s, model.folder)
-    results = _load_results(out, _run_key(s, manifest, prompts), resume)
+    from diffspeed.bench.runner import RESULTS, load_results
+
+    results = load_results(out, _run_key(s, manifest, prompts), resume, kind="pipeline")
     results.update(
         manifest=manifest,
         settings=asdict(s),

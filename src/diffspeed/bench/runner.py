@@ -370,7 +370,7 @@ def run_bench(
     gens = {row.label: build_generator(row, ctx) for row in rows}
     with state.main_process_first():
         ref = _reference(ctx, s, progress and state.is_main_process)
-    results = _load_results(out, _run_key(s, ctx, ref, model.source), resume)
+    results = load_results(out, _run_key(s, ctx, ref, model.source), resume)
     if state.is_main_process and "reference" not in results:
         results["reference"] = {"digest": ref.digest, **quality(ref.samples, ref, ctx)}
         results["reference"].update(
@@ -407,9 +407,13 @@ def run_bench(
     return results
 
 
-def _load_results(out: Path, key: str, resume: bool) -> dict[str, Any]:
+def load_results(out: Path, key: str, resume: bool, kind: str | None = None) -> dict[str, Any]:
+    """The results of an earlier run in ``out`` to resume (same run key, results version and
+    bench ``kind``), or a fresh record."""
     path = out / RESULTS
     fresh = {"version": RESULTS_VERSION, "run_key": key, "rows": {}}
+    if kind is not None:
+        fresh["kind"] = kind
     if not resume or not path.is_file():
         return fresh
     try:
@@ -417,7 +421,7 @@ def _load_results(out: Path, key: str, resume: bool) -> dict[str, Any]:
     except (OSError, ValueError):
         log.warning("%s is unreadable; starting a fresh run", path)
         return fresh
-    if old.get("run_key") != key or old.get("version") != RESULTS_VERSION:
+    if (old.get("run_key"), old.get("version"), old.get("kind")) != (key, RESULTS_VERSION, kind):
         log.warning("%s was written with other settings or another model; starting afresh", path)
         return fresh
     return old

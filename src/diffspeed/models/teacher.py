@@ -196,7 +196,7 @@ def train_teacher(
     step = 0
     state_file = ckpt_dir / "state.safetensors"
     if resume and state_file.is_file():
-        step = _load_train_state(state_file, unet, ema, opt, gen)
+        step = load_train_state(state_file, unet, ema, opt, gen)
         log.info("resumed teacher training at step %d", step)
     t0, last = time.time(), step
     while step < cfg.steps:
@@ -222,7 +222,7 @@ def train_teacher(
                 pe.lerp_(pm, 1 - cfg.ema_decay)
         step += 1
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _save_train_state(state_file, unet, ema, opt, gen, step)
+            save_train_state(state_file, unet, ema, opt, gen, step)
             rate = (step - last) / max(1e-9, time.time() - t0)
             log.info("step %d/%d loss %.4f (%.1f it/s)", step, cfg.steps, loss.item(), rate)
             if progress:
@@ -234,7 +234,8 @@ def train_teacher(
     return out
 
 
-def _save_train_state(path, unet, ema, opt, gen, step) -> None:
+def save_train_state(path, unet, ema, opt, gen, step) -> None:
+    """Write a resumable training state (model, EMA, optimizer, RNG, step) to ``path``."""
     tensors = {f"model.{k}": v for k, v in unet.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     for i, st in opt.state_dict()["state"].items():
@@ -245,7 +246,8 @@ def _save_train_state(path, unet, ema, opt, gen, step) -> None:
     save_weights(path, tensors)
 
 
-def _load_train_state(path, unet, ema, opt, gen) -> int:
+def load_train_state(path, unet, ema, opt, gen) -> int:
+    """Restore a state written by :func:`save_train_state` in place; returns its step."""
     t = load_weights(path)
     unet.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
     ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})

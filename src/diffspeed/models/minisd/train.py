@@ -37,7 +37,7 @@ from diffspeed.errors import ConfigError
 from diffspeed.models.io import atomic_write_json
 from diffspeed.models.minisd import data as msd
 from diffspeed.models.minisd.tokenizer import MAX_LENGTH, save_tokenizer
-from diffspeed.models.teacher import _load_train_state, _save_train_state
+from diffspeed.models.teacher import load_train_state, save_train_state
 
 log = logging.getLogger("diffspeed")
 
@@ -179,7 +179,7 @@ def _loop(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     step = 0
     if state_file.is_file():
-        step = _load_train_state(state_file, model, ema, opt, gen)
+        step = load_train_state(state_file, model, ema, opt, gen)
         log.info("resumed %s training at step %d", name, step)
     t0, first = time.time(), step
     while step < steps:
@@ -197,7 +197,7 @@ def _loop(
                 pe.lerp_(pm, 1 - ema_decay)
         step += 1
         if step % every == 0 or step == steps:
-            _save_train_state(state_file, model, ema, opt, gen, step)
+            save_train_state(state_file, model, ema, opt, gen, step)
             rate = (step - first) / max(1e-9, time.time() - t0)
             msg = f"{name} step {step}/{steps} loss {loss.item():.4f} ({rate:.2f} it/s)"
             log.info(msg)
