@@ -242,10 +242,12 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
     out = [
         f"- {s.get('samples')} samples per row (seed {s.get('seed')}, the model's example "
         f"conditions), guidance {s.get('guidance')}, quality batches of {s.get('batch_size')}",
-        f"- latency: {s.get('warmup')} warm-up + median of {s.get('repeats')} runs of a batch of "
+        f"- latency: {s.get('warmup')} warm-up, then {s.get('repeats')} round-robin rounds (each "
+        "times every row once, in a shuffled order, the baseline included; median) of a batch of "
         f"{s.get('timing_batch')}, {m.get('torch_threads')} torch threads, "
         f"{m.get('device')} ({m.get('device_name')}), {m.get('processes')} process(es)",
-        f"- speedup is relative to `{results.get('baseline')}` measured in the same run",
+        f"- speedup: median over rounds of `{results.get('baseline')}`'s time in that round / the "
+        "row's time",
         f"- fidelity reference: {ref.get('solver')} {ref.get('steps')} steps "
         f"{ref.get('schedule')} (digest {ref.get('digest')})"
         + (f", its FDD {ref['fdd']:.3f}" if ref.get("fdd") is not None else ""),

@@ -1,10 +1,12 @@
 """The bench runner: every row on the same noises and conditions, timed and scored, resumable.
 
 For each row: generate the run's samples (the reference set's: seeded noise, the model's
-example conditions), time a ``timing_batch`` generation (warm-up, median of repeats, fixed
-threads), measure peak memory over one quality batch, and score PSNR / RMSE against the
-reference samples from the same noise, plus the model's domain metrics when the models
-package has some for it (FDD / KID / class accuracy for digits models).
+example conditions), measure peak memory over one quality batch, and score PSNR / RMSE against
+the reference samples from the same noise, plus the model's domain metrics when the models
+package has some for it (FDD / KID / class accuracy for digits models). Then every row (kept
+ones too) is timed on a ``timing_batch`` generation round-robin: each round times every row
+once in a shuffled order, the baseline included, and a row's speedup is the median of its
+per-round ratios to the baseline, so load that drifts during the run cancels out.
 Each finished row is written to ``results.json`` atomically, so an interrupted run resumes where
 it stopped. Under ``accelerate launch`` the quality batches are split between processes and
 gathered on the main process (batch boundaries do not depend on the process count, so the
@@ -39,7 +41,7 @@ from diffspeed.bench.methods import (
     family_of,
     load_method_modules,
 )
-from diffspeed.bench.timing import PeakMemory, time_call
+from diffspeed.bench.timing import PeakMemory, round_robin
 from diffspeed.core.contract import DenoiserLike, innermost, network_of
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError, unknown_name
 from diffspeed.eval.reference import Reference, ReferenceSpec, reference_set
@@ -400,6 +402,7 @@ def run_bench(
             state.wait_for_everyone()
             bar.advance(task)
     if state.is_main_process:
+        _time_rows(rows, gens, ctx, ref, s, results, bar)
         _add_ratios(results)
         atomic_write_json(out / RESULTS, results)
         write_report(results, out)
@@ -458,15 +461,6 @@ def _run_row(
     if not state.is_main_process:
         return {}
     x = torch.from_numpy(np.concatenate([p for _, p in sorted(parts, key=lambda t: t[0])]))
-    # timing on the main process only: warm-up, then the median of repeats
-    k = min(s.timing_batch, s.samples)
-    noise, cond = ref.noise[:k], select(ref.cond, slice(0, k))
-    timing = time_call(
-        lambda: gen.generate(noise, cond, seeds[:k]),
-        device=ctx.device,
-        warmup=s.warmup,
-        repeats=s.repeats,
-    )
     samples_file = Path("samples") / f"{_slug(row)}.safetensors"
     save_weights(out / samples_file, {"samples": x})
     record = {
@@ -477,8 +471,6 @@ def _run_row(
         "family": family_of(row),
         "nfe": int(gen.nfe),
         "rounds": int(gen.rounds),
-        "latency_s": timing.median_s / k,
-        "timing": {**timing.to_dict(), "batch": k},
         "peak_mem_bytes": int(peak.peak_bytes) if peak is not None else None,
         "peak_mem_kind": peak.kind if peak is not None else None,
         "model_size_bytes": int(gen.model_size_bytes),
@@ -493,12 +485,38 @@ def _run_row(
     return record
 
 
+def _time_rows(rows, gens, ctx, ref, s: BenchSettings, results: dict[str, Any], bar) -> None:
+    """Latency of every row (kept rows too), timed round-robin against the baseline: each of
+    ``s.repeats`` rounds times every row once on ``timing_batch`` images, in a shuffled order."""
+    k = min(s.timing_batch, s.samples)
+    noise, cond, seeds = (
+        ref.noise[:k],
+        ctx.cond_spec.select(ref.cond, slice(0, k)),
+        ref.spec.seeds(),
+    )
+
+    def call(gen):
+        return lambda: gen.generate(noise, cond, seeds[:k])
+
+    task = bar.add("timing (round-robin)", 1)
+    timed = round_robin(
+        {row.label: call(gens[row.label]) for row in rows},
+        baseline=results["baseline"], device=ctx.device, warmup=s.warmup, rounds=s.repeats,
+        seed=s.seed,
+    )  # fmt: skip
+    bar.advance(task)
+    for label, t in timed.items():
+        rec = results["rows"][label]
+        rec["latency_s"] = t.median_s / k
+        rec["timing"] = {**t.to_dict(), "batch": k, "warmup": s.warmup}
+        rec["speedup"] = t.speedup
+    results["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def _add_ratios(results: dict[str, Any]) -> None:
-    """Speedup vs the baseline row and FDD relative to the reference (in place)."""
-    base = results["rows"].get(results["baseline"])
+    """FDD relative to the reference (in place)."""
     ref_fdd = results.get("reference", {}).get("fdd")
     for rec in results["rows"].values():
-        rec["speedup"] = base["latency_s"] / rec["latency_s"] if base else None
         rec["fdd_vs_reference"] = (
             rec["fdd"] / ref_fdd if rec.get("fdd") is not None and ref_fdd else None
         )

@@ -1,4 +1,5 @@
-"""Timing done right: warm-up, median of repeats, device synchronisation, peak memory.
+"""Timing done right: warm-up, round-robin rounds against the baseline, device
+synchronisation, peak memory.
 
 Latency is wall time (``time.perf_counter``) of a whole generation call, synchronised on CUDA
 before the clock starts and before it stops. Peak memory is ``torch.cuda.max_memory_allocated``
@@ -32,33 +33,67 @@ def synchronize(device: torch.device) -> None:
 
 
 @dataclass(frozen=True)
-class Timing:
-    """Result of :func:`time_call`: the median and every repeat, in seconds."""
+class RoundRobinTiming:
+    """One call's result of :func:`round_robin` (seconds; ratios are baseline / this call)."""
 
     median_s: float
     runs_s: tuple[float, ...]
-    warmup: int
+    ratios: tuple[float, ...]
+    speedup: float
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        return {"median_s": self.median_s, "runs_s": list(self.runs_s), "warmup": self.warmup}
+        return {
+            "median_s": self.median_s,
+            "runs_s": list(self.runs_s),
+            "ratios": list(self.ratios),
+            "speedup_min": min(self.ratios),
+            "speedup_max": max(self.ratios),
+        }
 
 
-def time_call(
-    fn: Callable[[], Any], *, device: torch.device, warmup: int = 1, repeats: int = 5
-) -> Timing:
-    """Time ``fn()``: ``warmup`` untimed calls, then the median of ``repeats`` timed calls."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    runs = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        runs.append(time.perf_counter() - t0)
-    return Timing(statistics.median(runs), tuple(runs), warmup)
+def round_robin(
+    calls: dict[str, Callable[[], Any]],
+    *,
+    baseline: str,
+    device: torch.device,
+    warmup: int = 1,
+    rounds: int = 5,
+    seed: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, RoundRobinTiming]:
+    """Time every call once per round, in an order shuffled per round, the baseline included.
+
+    A call's speedup is the median over rounds of ``baseline time / its time`` measured in
+    the same round, so load that drifts between rounds cancels out of the ratios (rows timed
+    one after another would each see a different machine).
+    """
+    import random
+
+    if baseline not in calls:
+        raise KeyError(f"baseline {baseline!r} is not among the timed calls")
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    order = list(calls)
+    rng = random.Random(seed)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            synchronize(device)
+            t0 = clock()
+            calls[name]()
+            synchronize(device)
+            times[name].append(clock() - t0)
+    base = times[baseline]
+    out = {}
+    for name, runs in times.items():
+        ratios = tuple(b / t for b, t in zip(base, runs, strict=True))
+        out[name] = RoundRobinTiming(
+            statistics.median(runs), tuple(runs), ratios, statistics.median(ratios)
+        )
+    return out
 
 
 def _rss_bytes() -> int:
