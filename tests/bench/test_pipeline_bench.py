@@ -142,18 +142,6 @@ def test_mini_sd_folders_get_its_prompts_and_metrics(tmp_path):
     assert prompts[0] == prompts[10] == "a handwritten zero" and prompts[7] == "a handwritten seven"
 
 
-def test_round_robin_takes_the_median_of_per_round_ratios():
-    from diffspeed.bench.pipeline import round_robin
-
-    base = iter([9.0, 2.0, 2.0, 2.0])  # the warm-up call's time is not used
-    fast = iter([9.0, 1.0, 0.5, 1.0])
-    got = round_robin(
-        {"base": lambda: next(base), "fast": lambda: next(fast)}, "base", warmup=1, rounds=3
-    )
-    assert got["base"]["speedup"] == 1.0 and got["base"]["runs_s"] == [2.0, 2.0, 2.0]
-    assert got["fast"]["speedup"] == 2.0 and got["fast"]["median_s"] == 1.0
-
-
 def test_mini_sd_name_is_the_shipped_pipeline():
     from diffspeed.models import mini_sd_path
     from diffspeed.models.pipeline_scoring import MINI_SD, pipeline_scoring_for

@@ -49,3 +49,14 @@ def test_round_robin_is_deterministic_given_the_seed():
         return seen
 
     assert orders(1) == orders(1) and orders(1) != orders(2)
+
+
+def test_self_timed_calls_report_their_own_seconds():
+    base = iter([9.0, 2.0, 2.0, 2.0])  # the warm-up call's time is not used
+    fast = iter([9.0, 1.0, 0.5, 1.0])
+    got = round_robin(
+        {"base": lambda: next(base), "fast": lambda: next(fast)}, baseline="base",
+        device=torch.device("cpu"), warmup=1, rounds=3, self_timed=True,
+    )  # fmt: skip
+    assert got["base"].speedup == 1.0 and got["base"].runs_s == (2.0, 2.0, 2.0)
+    assert got["fast"].speedup == 2.0 and got["fast"].median_s == 1.0

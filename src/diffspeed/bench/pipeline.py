@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from diffspeed.bench.config import BenchPlan, BenchSettings, Row, load_plan
-from diffspeed.bench.timing import PeakMemory, synchronize
+from diffspeed.bench.timing import PeakMemory, round_robin, synchronize
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError, unknown_name
 from diffspeed.models.io import atomic_write_json, load_weights, param_bytes, save_weights
 from diffspeed.progress import Progress
@@ -342,35 +342,6 @@ def _slug(row: Row) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", row.label)[:60] + "-" + row.digest()
 
 
-def round_robin(
-    calls: dict[str, Callable[[], float]],
-    baseline: str,
-    *,
-    warmup: int,
-    rounds: int,
-) -> dict[str, dict[str, Any]]:
-    """Time ``calls`` round-robin: ``warmup`` untimed calls each, then ``rounds`` rounds that
-    run every call once. Each call returns the seconds of its own timed part (so its set-up,
-    such as installing a cache, stays off the clock). Per call: the median time and the median
-    over rounds of the ratio ``baseline time / call time`` (both measured in the same round)."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    runs: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(rounds):
-        for key, fn in calls.items():
-            runs[key].append(fn())
-    base = runs[baseline]
-    return {
-        k: {
-            "median_s": statistics.median(v),
-            "runs_s": v,
-            "speedup": statistics.median(b / t for b, t in zip(base, v, strict=True)),
-        }
-        for k, v in runs.items()
-    }
-
-
 def _timings(run: PipelineRun, rows: list[PipelineRow], s: BenchSettings) -> dict[str, dict]:
     """Round-robin end-to-end timing of every row on ``timing_batch`` images, with each row's
     shares of text encoding / denoising loop / VAE decode (medians over rounds)."""
@@ -392,15 +363,18 @@ def _timings(run: PipelineRun, rows: list[PipelineRow], s: BenchSettings) -> dic
         return fn
 
     timed = round_robin(
-        {r.label: call(r) for r in rows}, rows[0].label, warmup=s.warmup, rounds=s.repeats
-    )
+        {r.label: call(r) for r in rows}, baseline=rows[0].label, device=run.device,
+        warmup=s.warmup, rounds=s.repeats, seed=s.seed, self_timed=True,
+    )  # fmt: skip
+    out = {}
     for r in rows:
         got = shares[r.label][s.warmup :]
-        timed[r.label]["shares"] = {
-            part: statistics.median(v[i] for v in got) for i, part in enumerate(PARTS)
-        }
-        timed[r.label]["batch"] = k
-    return timed
+        t = timed[r.label]
+        out[r.label] = {
+            "median_s": t.median_s, "runs_s": list(t.runs_s), "speedup": t.speedup, "batch": k,
+            "shares": {part: statistics.median(v[i] for v in got) for i, part in enumerate(PARTS)},
+        }  # fmt: skip
+    return out
 
 
 # --- the run ----------------------------------------------------------------------------------

@@ -61,12 +61,15 @@ def round_robin(
     rounds: int = 5,
     seed: int = 0,
     clock: Callable[[], float] = time.perf_counter,
+    self_timed: bool = False,
 ) -> dict[str, RoundRobinTiming]:
     """Time every call once per round, in an order shuffled per round, the baseline included.
 
     A call's speedup is the median over rounds of ``baseline time / its time`` measured in
     the same round, so load that drifts between rounds cancels out of the ratios (rows timed
-    one after another would each see a different machine).
+    one after another would each see a different machine). With ``self_timed`` each call
+    returns the seconds of its own timed part (its set-up, e.g. installing a cache, stays off
+    the clock) and ``clock`` is not used.
     """
     import random
 
@@ -81,6 +84,9 @@ def round_robin(
     for _ in range(rounds):
         rng.shuffle(order)
         for name in order:
+            if self_timed:
+                times[name].append(float(calls[name]()))
+                continue
             synchronize(device)
             t0 = clock()
             calls[name]()
