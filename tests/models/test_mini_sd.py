@@ -5,11 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffspeed.errors import WeightsError
+from diffspeed.errors import DiffspeedError, WeightsError
 from diffspeed.models.minisd import data as msd
 from diffspeed.models.minisd.lora import mini_sd_lcm_lora_path
 from diffspeed.models.minisd.quality import load_pipeline, mini_sd_path
@@ -154,3 +155,43 @@ def test_shipped_lcm_lora_in_plain_diffusers_pipelines(steps):
     again = img2img(["a thick 2", "a handwritten one"], image=out.images, strength=0.6,
                     generator=gen, **kw).images  # fmt: skip
     assert again.shape == (2, 3, 32, 32) and torch.isfinite(again).all()
+
+
+@pytest.mark.skipif(not (mini_sd_path() / "model_index.json").is_file(), reason="not shipped")
+def test_student_pipeline_export_samples_like_its_recipe(tmp_path):
+    """A progressive mini-sd student exported as a diffusers folder (v prediction, trailing
+    DDIM, guidance 1) reproduces diffspeed's own recipe from the same latents."""
+    from diffspeed.distill import Progressive, TrainConfig, distill, sample_student
+    from diffspeed.models.minisd.quality import mini_sd_denoiser, prompts_for
+    from diffspeed.models.minisd.student import export_pipeline
+    from diffspeed.solvers.noise import seeded_noise
+
+    pipe = load_pipeline()
+    den = mini_sd_denoiser(pipe)
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randn(8, 4, 8, 8, generator=g), {"encoder_hidden_states": den.prompts(
+        prompts_for(list(range(8))))})  # fmt: skip
+    cfg = Progressive(teacher_steps=4, final_steps=2, guidance=7.5)
+    train = TrainConfig(steps=2, batch_size=4, lr=1e-3, checkpoint_every=0)
+    student = distill(den, cfg, train=[train], out=tmp_path / "run", data=data)
+    folder = export_pipeline(student, tmp_path / "pipe")
+    spipe = load_pipeline(folder)
+    assert spipe.scheduler.config.prediction_type == "v_prediction"
+    latents = seeded_noise([0, 1], (4, 8, 8))
+    prompts = prompts_for([3, 7])
+    out = spipe(
+        prompts, num_inference_steps=2, guidance_scale=1.0, latents=latents, height=32,
+        width=32, output_type="latent",
+    ).images  # fmt: skip
+    ours = sample_student(student, latents, {"encoder_hidden_states": den.prompts(prompts)})
+    assert torch.allclose(out, ours, atol=1e-5)
+    assert not (tmp_path / "pipe.tmp").exists()
+
+
+def test_style_finetune_data_keeps_one_style():
+    from diffspeed.models.minisd.finetune import style_reference
+
+    thick, thin = style_reference("thick"), style_reference("thin")
+    assert thick.shape == thin.shape and not np.allclose(thick.mean(0), thin.mean(0))
+    with pytest.raises(DiffspeedError, match="regular"):
+        style_reference("bold")

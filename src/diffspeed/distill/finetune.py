@@ -85,11 +85,11 @@ class FineTune:
 
 class DenoisingLoss:
     """The DDPM loss ``||eps_theta(x_t, t, c) - eps||^2`` (Ho et al. 2020, eq. 14) on a
-    diffusers UNet, with condition dropout to ``spec``'s unconditional input; per sample, for
-    ``distill.train``."""
+    diffusers UNet, with condition dropout (a fraction ``dropout`` of the rows) to ``spec``'s
+    unconditional input; per sample, for ``distill.train``."""
 
-    def __init__(self, config: FineTune, alphas_cumprod: torch.Tensor, spec: CondSpec) -> None:
-        self.config = config
+    def __init__(self, dropout: float, alphas_cumprod: torch.Tensor, spec: CondSpec) -> None:
+        self.dropout = dropout
         self.ac = alphas_cumprod.float()
         self.spec = spec
 
@@ -97,7 +97,7 @@ class DenoisingLoss:
         ac = self.ac.to(x0.device)
         t = ctx.randint(0, ac.numel())
         eps = ctx.randn(*x0.shape[1:])
-        drop = ctx.rand() < self.config.label_dropout
+        drop = ctx.rand() < self.dropout
         a = ac[t].view(-1, *([1] * (x0.ndim - 1)))
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps  # forward process q(x_t | x0)
         out = net(xt, t, **drop_cond(self.spec, cond, drop)).sample
@@ -129,7 +129,7 @@ def finetune_teacher(
     teacher = load_teacher(teacher_path)
     net = copy.deepcopy(teacher.model).requires_grad_(True)
     x0, cond = style_set(config.style)
-    loss = DenoisingLoss(config, teacher.alphas_cumprod, teacher.cond_spec)
+    loss = DenoisingLoss(config.label_dropout, teacher.alphas_cumprod, teacher.cond_spec)
     result = train(
         net,
         loss,

@@ -64,6 +64,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=_train_lora)
 
+    p = sub.add_parser(
+        "train-mini-sd-student",
+        help="distil mini-sd into a few-step student (progressive, CPU, resumable)",
+        description="Progressive distillation of mini-sd with its guidance (7.5) baked in, "
+        "through diffspeed.distill; each round's student is also written as a diffusers "
+        "pipeline folder (v prediction, trailing DDIM): sample it with guidance_scale=1 and "
+        "the round's step count.",
+        epilog="example: diffspeed train-mini-sd-student --out runs/mini-sd-student",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/mini-sd-student"), help="run folder")
+    p.add_argument("--teacher-steps", type=int, default=16, help="DDIM steps of the first teacher")
+    p.add_argument("--final-steps", type=int, default=4, help="steps of the last student")
+    p.add_argument(
+        "--steps", default="1000,1000", help="optimisation steps per round, comma-separated"
+    )
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW, cosine)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the captions and data order")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.set_defaults(func=_train_student)
+
+    p = sub.add_parser(
+        "train-mini-sd-finetune",
+        help="fine-tune mini-sd on one stroke style (the LoRA-transfer test model)",
+        description="Continue mini-sd's denoising training on one style's images only, with "
+        "captions that name the style or none, into a diffusers pipeline folder (resumable).",
+        epilog="example: diffspeed train-mini-sd-finetune --style thick --out runs/mini-sd-thick",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/mini-sd-thick"), help="pipeline folder")
+    p.add_argument("--style", default="thick", help="one of: regular, thin, thick")
+    p.add_argument("--steps", type=int, default=800, help="optimisation steps (batch 64)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW, cosine)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the captions and data order")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.set_defaults(func=_train_finetune)
+
 
 def _train(args: argparse.Namespace) -> int:
     import torch
@@ -86,4 +123,41 @@ def _train_lora(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     path = train_lcm_lora(args.out, steps=args.steps, rank=args.rank, lr=args.lr, seed=args.seed)
     print(f"wrote {path} (pipe.load_lora_weights it; sample with LCMScheduler, guidance_scale=1)")
+    return 0
+
+
+def _train_student(args: argparse.Namespace) -> int:
+    import torch
+
+    from diffspeed.errors import ConfigError
+    from diffspeed.models.minisd.student import export_pipeline, train_student
+
+    try:
+        steps = tuple(int(v) for v in args.steps.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--steps must be integers separated by commas, got {args.steps!r}"
+        ) from None
+    torch.set_num_threads(args.threads)
+    final = train_student(
+        args.out, teacher_steps=args.teacher_steps, final_steps=args.final_steps, steps=steps,
+        lr=args.lr, seed=args.seed, progress=True,
+    )  # fmt: skip
+    for student in sorted(Path(args.out).glob("round-*/student.safetensors")):
+        n = student.parent.name.split("-")[1]
+        folder = export_pipeline(student, Path(args.out) / f"pipeline-{n}")
+        print(f"wrote {folder} (sample with num_inference_steps={n}, guidance_scale=1)")
+    print(f"final student: {final}")
+    return 0
+
+
+def _train_finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from diffspeed.models.minisd.finetune import finetune_mini_sd
+
+    torch.set_num_threads(args.threads)
+    out = finetune_mini_sd(args.out, style=args.style, steps=args.steps, lr=args.lr,
+                           seed=args.seed, progress=True)  # fmt: skip
+    print(f"wrote {out} (load it with StableDiffusionPipeline.from_pretrained)")
     return 0

@@ -1,0 +1,77 @@
+"""mini-sd's distilled few-step students through plain diffusers.
+
+Each student run (``diffspeed train-mini-sd-student``) is exported as a pipeline folder (v
+prediction, trailing DDIM) and sampled with ``guidance_scale=1`` (the teacher's w = 7.5 is baked
+in, one UNet forward per step). Report set: seeds 0 .. n-1 (digit = seed % 10, "a handwritten
+<digit word>"), scored as in ``mini_sd_quality.py``. The reference is mini-sd's Heun 100 Karras
+at w = 7.5 on the same seeds, and DDIM trailing at w = 7.5 (two forwards per step, cond +
+uncond batched) on the plain model is the training-free baseline at the same step counts.
+
+    python benchmarks/mini_sd_student.py runs/mini-sd-student --out docs/results/mini_sd_student.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from diffspeed.integrations.diffusers import Scheduler
+from diffspeed.models.minisd.lora import GUIDANCE
+from diffspeed.models.minisd.quality import generate, load_pipeline, score
+from diffspeed.models.minisd.student import export_pipeline
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", type=Path, nargs="+", help="student run folders (round-N inside)")
+    ap.add_argument("--n", type=int, default=1000, help="report samples (seeds 0..n-1)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    seeds = range(args.n)
+    pipe = load_pipeline()
+    config = pipe.scheduler.config
+    pipe.scheduler = Scheduler.from_config(config, solver="heun", schedule="karras")
+    ref = score(generate(pipe, seeds, steps=100, guidance=GUIDANCE))
+    lines = [
+        f"mini-sd distilled students, {args.n} report samples, {os.cpu_count()} cores, load "
+        f"{os.getloadavg()[0]:.2f} at start; reference (Heun 100 Karras, w = {GUIDANCE}) FDD "
+        f"{ref['fdd']:.4f}, accuracy {ref['accuracy']:.4f}",
+        "",
+        "| model | steps | UNet forwards / image | FDD | / reference | accuracy |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    print("\n".join(lines), flush=True)
+
+    def row(name: str, steps: int, nfe: int, s: dict[str, float]) -> None:
+        line = (
+            f"| {name} | {steps} | {nfe} | {s['fdd']:.4f} | {s['fdd'] / ref['fdd']:.3f} "
+            f"| {s['accuracy']:.4f} |"
+        )
+        lines.append(line)
+        print(line, flush=True)
+
+    found = []
+    for run in args.runs:
+        for student in sorted(run.glob("round-*/student.safetensors")):
+            found.append((run, student, int(student.parent.name.split("-")[1])))
+    pipe.scheduler = Scheduler.from_config(config, solver="ddim", schedule="trailing")
+    for n in sorted({k for _, _, k in found}):
+        row("mini-sd, DDIM trailing, w = 7.5", n, 2 * n,
+            score(generate(pipe, seeds, steps=n, guidance=GUIDANCE)))  # fmt: skip
+    for run, student, n in found:
+        folder = export_pipeline(student, run / f"pipeline-{n}")
+        spipe = load_pipeline(folder)
+        row(f"{run.name} round-{n} (diffusers DDIM, v, w = 1)", n, n,
+            score(generate(spipe, seeds, steps=n, guidance=1.0)))  # fmt: skip
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
