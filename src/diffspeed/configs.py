@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from diffspeed.errors import ConfigError
+from diffspeed.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
 
@@ -30,8 +30,9 @@ def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], what: str | None 
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
-            f"{what or cls.__name__} has no field(s) {unknown}; it accepts: "
-            f"{', '.join(sorted(names)) or 'no fields'}"
+            f"{what or cls.__name__} has no field(s) {unknown}"
+            + "".join(did_you_mean(k, names) for k in unknown)
+            + f"; it accepts: {', '.join(sorted(names)) or 'no fields'}"
         )
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return cls(**kwargs)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from diffspeed.configs import dataclass_from_dict
-from diffspeed.errors import ConfigError, NonFiniteError, ShapeError, WeightsError
+from diffspeed.errors import ConfigError, NonFiniteError, ShapeError, WeightsError, unknown_name
 from diffspeed.models.io import atomic_write_bytes, load_weights, save_weights
 from diffspeed.progress import Progress
 
@@ -59,6 +59,27 @@ class CheckpointError(WeightsError):
 
 class TrainingDivergedError(NonFiniteError):
     """The loss (or gradient) stayed NaN/Inf for ``max_bad_steps`` steps in a row."""
+
+
+#: Integer fields of :class:`TrainConfig` and their minimum.
+_INT_FIELDS = {
+    "steps": 1,
+    "batch_size": 1,
+    "warmup": 0,
+    "grad_accum": 1,
+    "seed": 0,
+    "max_bad_steps": 1,
+    "checkpoint_every": 0,
+    "eval_every": 0,
+    "log_every": 0,
+}
+#: Float fields of :class:`TrainConfig`: (minimum, upper bound exclusive, minimum excluded).
+_FLOAT_FIELDS = {
+    "lr": (0.0, math.inf, True),
+    "ema_decay": (0.0, 1.0, False),
+    "max_grad_norm": (0.0, math.inf, False),
+    "weight_decay": (0.0, math.inf, False),
+}
 
 
 @dataclass(frozen=True)
@@ -100,21 +121,32 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("steps, batch_size and grad_accum must be >= 1")
-        if self.lr <= 0 or self.warmup < 0:
-            raise ConfigError("lr must be > 0 and warmup >= 0")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"unknown lr_schedule {self.lr_schedule!r}; choose one of: "
-                f"{', '.join(sorted(LR_SCHEDULES))}"
-            )
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name, lo in _INT_FIELDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool):
+                example = value if isinstance(value, str) and value.isdigit() else max(lo, 1)
+                raise ConfigError(
+                    f"TrainConfig.{name} must be an integer, got {type(value).__name__} "
+                    f"{value!r}; pass e.g. {name}={int(example)}"
+                )
+            if value < lo:
+                raise ConfigError(f"TrainConfig.{name} must be >= {lo}, got {value}")
+        for name, (lo, hi, open_lo) in _FLOAT_FIELDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int | float | np.number) or isinstance(value, bool):
+                raise ConfigError(
+                    f"TrainConfig.{name} must be a number, got {type(value).__name__} {value!r}"
+                )
+            if not math.isfinite(value) or value < lo or (open_lo and value == lo) or value >= hi:
+                bound = f"> {lo}" if open_lo else f">= {lo}"
+                upper = f" and < {hi}" if math.isfinite(hi) else ""
+                raise ConfigError(
+                    f"TrainConfig.{name} must be a finite number {bound}{upper}, got {value}"
+                )
+        if not isinstance(self.lr_schedule, str) or self.lr_schedule not in LR_SCHEDULES:
+            raise unknown_name("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ConfigError("mixed_precision must be 'no', 'fp16' or 'bf16'")
-        if self.max_bad_steps < 1:
-            raise ConfigError("max_bad_steps must be >= 1")
+            raise unknown_name("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (round-trips through :meth:`from_dict`)."""
