@@ -15,6 +15,25 @@ from diffspeed.errors import ConfigError, did_you_mean
 T = TypeVar("T")
 
 
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The fields where two JSON-like configs differ, as ``"name: old -> new"`` lines
+    (nested dicts flattened to dotted names)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}{key}"
+            if key not in old or key not in new:
+                where = "new" if key not in old else "old"
+                value = new.get(key) if key not in old else old.get(key)
+                out.append(f"{name}: only in the {where} config ({value!r})")
+            else:
+                out.extend(config_diff(old[key], new[key], name + "."))
+        return out
+    if isinstance(old, list | tuple) and isinstance(new, list | tuple):
+        old, new = list(old), list(new)
+    return [] if old == new else [f"{prefix.rstrip('.') or 'value'}: {old!r} -> {new!r}"]
+
+
 def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], what: str | None = None) -> T:
     """Build the dataclass ``cls`` from ``data`` (JSON lists become tuples).
 

@@ -291,6 +291,26 @@ def _resolve(name_or_path: str | Path) -> Path:
     )
 
 
+def check_finished(path: str | Path, expected: Mapping[str, Any], force: bool = False) -> None:
+    """Refuse to reuse a finished stage's student written with other settings.
+
+    Compares ``expected`` with the ``info`` recorded in the student's config (keys the file
+    does not record are not compared; the loop's logistics fields never are) and names the
+    differing fields, unless ``force``.
+    """
+    from diffspeed.distill.trainer import LOGISTICS, check_same_run
+
+    stored = read_student_config(path).get("info", {})
+
+    def comparable(d: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: d[k] for k in expected if k in stored}
+        if isinstance(out.get("train"), Mapping):
+            out["train"] = {k: v for k, v in out["train"].items() if k not in LOGISTICS}
+        return json.loads(json.dumps(out, default=str))
+
+    check_same_run(Path(path), comparable(stored), comparable(expected), force)
+
+
 def shipped_students() -> list[str]:
     """Names of the students shipped in the package."""
     return sorted(p.stem for p in STUDENTS_DIR.glob("*.safetensors"))

@@ -27,6 +27,7 @@ __all__ = [
     "cached_tensors",
     "check_safetensors_folder",
     "compress_int8",
+    "canonical_safetensors",
     "check_weight_file",
     "config_hash",
     "deterministic_safetensors",
@@ -110,7 +111,12 @@ def deterministic_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[s
     differ byte for byte; this rewrites the JSON header (same entries, same data) so the
     same tensors and metadata always give the same file hash.
     """
-    raw = safetensors_bytes(tensors, metadata=metadata)
+    return canonical_safetensors(safetensors_bytes(tensors, metadata=metadata))
+
+
+def canonical_safetensors(raw: bytes) -> bytes:
+    """The same safetensors file with its JSON header in canonical order (see
+    :func:`deterministic_safetensors`); for files another library wrote."""
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + n])
     meta = header.pop("__metadata__", None) or {}
