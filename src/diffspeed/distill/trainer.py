@@ -577,7 +577,9 @@ def start(
     optimiser and EMAs, and the state of the checkpoint in ``out_dir`` when resuming."""
     from accelerate import Accelerator
 
-    acc = Accelerator(mixed_precision=config.mixed_precision)
+    # without a GPU, processes started by `accelerate launch --multi_gpu` join over gloo on
+    # the CPU (accelerate alone would treat each as a separate single-process run)
+    acc = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     world, rank = acc.num_processes, acc.process_index
     per_micro = config.batch_size // config.grad_accum
     if config.batch_size % (config.grad_accum * world):
