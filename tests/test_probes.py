@@ -853,3 +853,13 @@ def test_probe(probe: Probe, tmp_path, capsys):
 def test_probe_count():
     """The issue asks for at least 150 probes."""
     assert len(PROBES) >= 150
+
+
+def test_sample_out_dir_writes_the_file_it_names(tmp_path, capsys):
+    """``sample --out DIR`` writes DIR/grid.png and says so (it used to write DIR.png)."""
+    from diffspeed.cli import main
+
+    assert main(["sample", "--steps", "2", "--per-label", "1", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "grid.png").is_file()
+    assert f"wrote {tmp_path / 'grid.png'}" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".*.tmp"))

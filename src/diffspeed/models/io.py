@@ -28,6 +28,7 @@ __all__ = [
     "check_safetensors_folder",
     "compress_int8",
     "canonical_safetensors",
+    "CONFIG_META",
     "check_weight_file",
     "config_hash",
     "deterministic_safetensors",
@@ -35,7 +36,9 @@ __all__ = [
     "load_weights",
     "param_bytes",
     "read_json_config",
+    "read_model_config",
     "read_metadata",
+    "save_model",
     "save_weights",
     "umask_mode",
     "weights_digest",
@@ -141,6 +144,46 @@ def check_weight_file(path: str | os.PathLike, what: str = "weight file") -> Pat
     if not path.is_file():
         raise WeightsError(f"{what} {path} does not exist; check the path")
     return path
+
+
+#: Safetensors metadata key holding a model's JSON config (the ``.json`` beside is a copy).
+CONFIG_META = "diffspeed_config"
+
+
+def save_model(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    hash_config: dict[str, Any] | None = None,
+    *,
+    int8: bool = False,
+) -> Path:
+    """Save a model as one atomic unit: weights with ``config`` in the header (the config
+    hash over ``hash_config``, default ``config``), then a readable ``.json`` copy beside.
+
+    A kill between the two writes leaves a complete model (:func:`read_model_config` reads
+    the header first).
+    """
+    meta = {CONFIG_META: json.dumps(config, sort_keys=True)}
+    save_weights(path, tensors, config if hash_config is None else hash_config, meta, int8=int8)
+    atomic_write_json(Path(path).with_suffix(".json"), config)
+    return Path(path)
+
+
+def read_model_config(
+    path: str | os.PathLike, what: str, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The config of a model saved by :func:`save_model`: from the weight file's header, or
+    (older files) from the ``.json`` beside it; a :class:`WeightsError` naming what is wrong."""
+    path = Path(path)
+    text = read_metadata(path).get(CONFIG_META)
+    if text is None:
+        return read_json_config(path.with_suffix(".json"), what, required)
+    cfg = json.loads(text)
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise WeightsError(f"{path} is not a {what}: its config lacks {missing}")
+    return cfg
 
 
 def read_json_config(

@@ -24,11 +24,11 @@ from diffspeed.core.guidance import GuidedDenoiser, guidance
 from diffspeed.errors import ConfigError, WeightsError
 from diffspeed.models.digits import IMAGE_SHAPE, NUM_CLASSES
 from diffspeed.models.io import (
-    atomic_write_json,
     check_weight_file,
     load_state_into,
     load_weights,
-    read_json_config,
+    read_model_config,
+    save_model,
     save_weights,
 )
 
@@ -108,7 +108,7 @@ def load_teacher(
             its ``.json`` config must sit beside it.
     """
     path = check_weight_file(path if path is not None else ASSETS / "teacher.safetensors")
-    cfg = read_json_config(path.with_suffix(".json"), "teacher", ("unet", "scheduler"))
+    cfg = read_model_config(path, "teacher", ("unet", "scheduler"))
     try:
         unet = build_unet(cfg["unet"])
         sched = build_scheduler(cfg["scheduler"])
@@ -232,10 +232,8 @@ def train_teacher(
             log.info("step %d/%d loss %.4f (%.1f it/s)", step, cfg.steps, loss.item(), rate)
             if progress:
                 print(f"step {step}/{cfg.steps} loss {loss.item():.4f} ({rate:.1f} it/s)")
-    config = teacher_config()
-    save_weights(out, ema.state_dict(), config)  # the hash covers the architecture only
-    config["training"] = asdict(cfg)
-    atomic_write_json(out.with_suffix(".json"), config)
+    config = {**teacher_config(), "training": asdict(cfg)}
+    save_model(out, ema.state_dict(), config, teacher_config())  # hash: the architecture
     return out
 
 
