@@ -55,8 +55,8 @@ def test_two_processes_match_one(tmp_path, reference_run):
     GPUs; ``--multi_gpu`` with no visible GPU starts two CPU processes joined by gloo. Each
     process draws the same global batch and evaluates its half, and the gradients are
     all-reduced: the sum is the same math in another order, so weights differ from one
-    process by float32 rounding (measured up to ~1e-7 after 30 steps); the tolerance below
-    (rtol 1e-5, atol 1e-6) states that bound.
+    process by float32 rounding (measured: max |difference| 6.0e-8 over all 18 tensors after
+    30 steps, none bit-identical); the tolerance below (rtol 1e-5, atol 1e-6) bounds that.
     """
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
     launcher = [
