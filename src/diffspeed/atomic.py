@@ -61,15 +61,17 @@ def _fsync_tree(root: Path) -> None:
         _fsync_dir(d)
 
 
-def writable_parent(path: str | os.PathLike, what: str = "output") -> Path:
+def writable_parent(path: str | os.PathLike, what: str = "output", *, folder: bool = False) -> Path:
     """Create ``path``'s folder and check it can be written, or raise a :class:`ConfigError`.
 
     Catches the usual mistakes before any work is done: a parent that is a file, a folder
-    without write permission, ``path`` itself being a folder.
+    without write permission, ``path`` itself being a folder (a file when ``folder``).
     """
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not folder:
         raise ConfigError(f"{what} {path} is a folder; give a file name inside it")
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file; give a folder path")
     for parent in (path.parent, *path.parent.parents):
         if parent.exists():
             if not parent.is_dir():
@@ -165,7 +167,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     Yields the temporary folder to fill. On an exception nothing changes at ``path``. An
     existing ``path`` is moved aside and removed only after the new folder is in place.
     """
-    path = writable_parent(path)
+    path = writable_parent(path, folder=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

@@ -120,7 +120,7 @@ def save_lora(
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
     from diffspeed.atomic import atomic_dir
-    from diffspeed.models.io import canonical_safetensors
+    from diffspeed.models.io import canonical_safetensors, umask_mode
 
     out_dir = Path(out_dir)
     layers = lora_state_dict(net)
@@ -138,6 +138,7 @@ def save_lora(
         )
         weights = tmp / WEIGHT_NAME  # diffusers writes its header in hash-map order
         weights.write_bytes(canonical_safetensors(weights.read_bytes()))
+        weights.chmod(umask_mode())  # diffusers' temporary file was private (0600)
         (tmp / META_NAME).write_text(
             json.dumps({"lora": cfg, **(info or {})}, indent=2, sort_keys=True) + "\n"
         )

@@ -329,8 +329,8 @@ def read_student_config(name_or_path: str | Path) -> dict[str, Any]:
         cfg_path = path.with_suffix(".json")
         if not cfg_path.is_file():
             raise WeightsError(
-                f"{path} has no student config in its header and {cfg_path} is missing; "
-                "save students with diffspeed.distill.save_student"
+                f"{path} has no student config in its header and its JSON config {cfg_path} is "
+                "missing; save students with diffspeed.distill.save_student"
             )
         text, source = cfg_path.read_text(), str(cfg_path)
     try:
