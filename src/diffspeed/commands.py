@@ -16,19 +16,69 @@ def parse_labels(text: str) -> list[int]:
     """Parse ``"0-9"``, ``"3,5,7"`` or ``"0-4,7"`` into a list of digit labels."""
     from diffspeed.models.digits import NUM_CLASSES
 
+    top = NUM_CLASSES - 1
     out: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise ConfigError(f"labels {text!r}: use a list like 0-9 or 1,3,5") from None
-    if not out or any(not 0 <= v < NUM_CLASSES for v in out):
-        raise ConfigError(f"labels {text!r} must be digits 0..{NUM_CLASSES - 1}")
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            a, b = (int(v) for v in part.split("-", 1)) if "-" in part[1:] else (int(part),) * 2
+        except ValueError:
+            raise ConfigError(
+                f"labels {text!r}: {part!r} is not a digit or a range; use a list like "
+                f"0-{top}, 1,3,5 or 0-4,7"
+            ) from None
+        if a > b:
+            raise ConfigError(
+                f"labels {text!r}: range {part!r} runs backwards; write it as {b}-{a}"
+            )
+        out.extend(range(a, b + 1))
+    bad = sorted({v for v in out if not 0 <= v <= top})
+    if bad:
+        raise ConfigError(f"labels {text!r}: {bad} are not digits; use labels in 0..{top}")
     return out
+
+
+#: Integer options of the sampling commands and their minimum.
+_MIN_INT = {"per_label": 1, "threads": 1, "calib_n": 1, "n": 1, "n_val": 1, "rounds": 1, "seed": 0}
+
+
+def check_sampling_args(args: argparse.Namespace) -> None:
+    """Refuse out-of-range options of a sampling command before any work is done."""
+    import math
+
+    from diffspeed.solvers.schedules import MAX_STEPS
+
+    steps = getattr(args, "steps", None)
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise ConfigError(f"--steps must lie in 1..{MAX_STEPS}, got {steps}")
+    for name, lo in _MIN_INT.items():
+        value = getattr(args, name, None)
+        if isinstance(value, int) and value < lo:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}, got {value}")
+    for name in ("guidance", "target_psnr"):
+        values = getattr(args, name, None)
+        for v in values if isinstance(values, list) else [values]:
+            if v is not None and not math.isfinite(v):
+                flag = f"--{name.replace('_', '-')}"
+                raise ConfigError(f"{flag} must be a finite number (e.g. 2.0), got {v}")
+
+
+def json_option(text: str | None, flag: str) -> dict:
+    """Parse a JSON-object command-line option (``{}`` when not given)."""
+    import json
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(
+            f"{flag} is not valid JSON ({e}); pass an object such as '{{\"order\": 2}}' "
+            "(double quotes inside single quotes)"
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag} must be a JSON object such as '{{\"order\": 2}}', got {text}")
+    return value
 
 
 def _train_teacher(args: argparse.Namespace) -> int:
@@ -57,12 +107,15 @@ def _train_classifier(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
+    from diffspeed.atomic import image_target
     from diffspeed.eval.images import save_grid
     from diffspeed.models.teacher import guided_teacher, label_cond, load_teacher
     from diffspeed.solvers import sample, seeded_noise
 
-    torch.set_num_threads(args.threads)
+    check_sampling_args(args)
     labels = parse_labels(args.labels)
+    out = image_target(args.out, "grid.png")
+    torch.set_num_threads(args.threads)
     y = torch.tensor(labels).repeat_interleave(args.per_label)
     den = load_teacher(args.teacher)
     if args.guidance != 1.0:
@@ -79,11 +132,11 @@ def _sample(args: argparse.Namespace) -> int:
     )
     save_grid(
         x,
-        args.out,
+        out,
         nrow=args.per_label,
         title=f"{args.solver} {info['steps']} steps, NFE {info['nfe']}, w={args.guidance}",
     )
-    print(f"wrote {args.out} ({len(y)} samples, NFE {info['nfe']})")
+    print(f"wrote {out} ({len(y)} samples, NFE {info['nfe']})")
     return 0
 
 
@@ -92,6 +145,7 @@ def _quality(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from diffspeed.atomic import image_target
     from diffspeed.eval import metrics
     from diffspeed.eval.images import save_grid
     from diffspeed.eval.reference import ReferenceSpec, reference_set
@@ -100,6 +154,9 @@ def _quality(args: argparse.Namespace) -> int:
     from diffspeed.models.teacher import cond_labels, guided_teacher, load_teacher
     from diffspeed.solvers import sample, seeded_noise
 
+    check_sampling_args(args)
+    if args.grid:
+        image_target(args.grid, "quality_grid.png")
     torch.set_num_threads(args.threads)
     console = Console()
     a, b = real_halves()

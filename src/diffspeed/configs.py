@@ -10,9 +10,28 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from diffspeed.errors import ConfigError
+from diffspeed.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The fields where two JSON-like configs differ, as ``"name: old -> new"`` lines
+    (nested dicts flattened to dotted names)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}{key}"
+            if key not in old or key not in new:
+                where = "new" if key not in old else "old"
+                value = new.get(key) if key not in old else old.get(key)
+                out.append(f"{name}: only in the {where} config ({value!r})")
+            else:
+                out.extend(config_diff(old[key], new[key], name + "."))
+        return out
+    if isinstance(old, list | tuple) and isinstance(new, list | tuple):
+        old, new = list(old), list(new)
+    return [] if old == new else [f"{prefix.rstrip('.') or 'value'}: {old!r} -> {new!r}"]
 
 
 def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], what: str | None = None) -> T:
@@ -30,8 +49,9 @@ def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], what: str | None 
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
-            f"{what or cls.__name__} has no field(s) {unknown}; it accepts: "
-            f"{', '.join(sorted(names)) or 'no fields'}"
+            f"{what or cls.__name__} has no field(s) {unknown}"
+            + "".join(did_you_mean(k, names) for k in unknown)
+            + f"; it accepts: {', '.join(sorted(names)) or 'no fields'}"
         )
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return cls(**kwargs)

@@ -18,7 +18,7 @@ from diffspeed.errors import ConfigError
 from diffspeed.models.io import load_weights
 
 SCRIPT = Path(__file__).with_name("train_script.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def run(*args, launcher=(sys.executable,), check=True):
@@ -40,13 +40,30 @@ def reference_run(tmp_path_factory):
     return final(out)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_processes_match_one(tmp_path, reference_run):
+    """Two real processes (asserted) train the same student as one, to float32 rounding.
+
+    ``accelerate launch --cpu --num_processes 2`` starts ONE process on a machine without
+    GPUs; ``--multi_gpu`` with no visible GPU starts two CPU processes joined by gloo. Each
+    process draws the same global batch and evaluates its half, and the gradients are
+    all-reduced: the sum is the same math in another order, so weights differ from one
+    process by float32 rounding (measured: max |difference| 6.0e-8 over all 18 tensors after
+    30 steps, none bit-identical); the tolerance below (rtol 1e-5, atol 1e-6) bounds that.
+    """
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
     launcher = [
         *accelerate,
+        "--multi_gpu",
         "--num_processes",
         "2",
-        "--cpu",
         "--num_machines",
         "1",
         "--mixed_precision",
@@ -54,9 +71,14 @@ def test_two_processes_match_one(tmp_path, reference_run):
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        "29533",
+        str(_free_port()),
     ]
-    run(tmp_path, "--steps", 30, launcher=launcher)
+    r = run(tmp_path, "--steps", 30, launcher=launcher, check=False)
+    if r.returncode != 0 and "gloo" in r.stderr:
+        pytest.skip(f"no gloo process group on this machine: {r.stderr[-300:]}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    worlds = sorted(p.read_text() for p in tmp_path.glob("processes-*.txt"))
+    assert worlds == ["2", "2"], f"expected two processes, each seeing 2; got {worlds}"
     two = final(tmp_path)
     assert two.keys() == reference_run.keys()
     for k in two:
@@ -85,10 +107,11 @@ def test_sigkill_mid_training_then_resume_is_bit_exact(tmp_path, reference_run):
 
 
 def test_sigkill_while_writing_a_checkpoint_then_resume_is_bit_exact(tmp_path, reference_run):
-    r = run(tmp_path, "--steps", 30, "--kill-in-checkpoint", 3, check=False)
+    # boundary 5: the second checkpoint's temporary file is written, not yet renamed
+    r = run(tmp_path, "--steps", 30, "--kill-at-write", 5, check=False)
     assert r.returncode == -9
     leftovers = list(tmp_path.glob(f".{CHECKPOINT}.*.tmp"))
-    assert leftovers, "the kill should leave a half-written temporary file"
+    assert leftovers, "the kill should leave a temporary file"
     load_weights(tmp_path / CHECKPOINT)  # the previous checkpoint is intact
     run(tmp_path, "--steps", 30)
     resumed = final(tmp_path)
@@ -116,7 +139,9 @@ DATA = TrainData(torch.randn(64, 2))
 
 def test_different_config_checkpoint_is_refused(tmp_path):
     train(Lin(), mse, TrainConfig(steps=3, batch_size=8), tmp_path, data=DATA)
-    with pytest.raises(CheckpointError, match="different config"):
+    with pytest.raises(
+        CheckpointError, match=r"another configuration \(train\.lr: 0\.0001 -> 0\.001"
+    ):
         train(Lin(), mse, TrainConfig(steps=3, batch_size=8, lr=1e-3), tmp_path, data=DATA)
     # logistics (checkpoint / log frequency) are not part of the identity
     train(Lin(), mse, TrainConfig(steps=3, batch_size=8, log_every=1), tmp_path, data=DATA)
@@ -124,6 +149,8 @@ def test_different_config_checkpoint_is_refused(tmp_path):
     train(
         Lin(), mse, TrainConfig(steps=3, batch_size=8, lr=1e-3), tmp_path, data=DATA, resume=False
     )
+    # force=True (--force) continues it with changed settings
+    train(Lin(), mse, TrainConfig(steps=4, batch_size=8), tmp_path, data=DATA, force=True)
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path):

@@ -1,9 +1,12 @@
 """A tiny ``diffspeed.distill`` run for the subprocess tests (multi-process, kill-and-resume).
 
-usage: python train_script.py OUT_DIR [--steps N] [--kill-at-step K] [--kill-in-checkpoint K]
-(also under ``accelerate launch --num_processes 2 --cpu``). Consistency training (CT) of a
-small MLP denoiser on 4-d points; writes OUT_DIR/final.safetensors (the final checkpoint's
-student and EMA weights).
+usage: python train_script.py OUT_DIR [--steps N] [--kill-at-step K] [--kill-at-write K]
+(also under ``accelerate launch --multi_gpu --num_processes 2`` on CPU). Consistency training
+(CT) of a small MLP denoiser on 4-d points; writes OUT_DIR/final.safetensors (the final
+checkpoint's student and EMA weights) and OUT_DIR/processes-<rank>.txt (the world size each
+process saw). ``--kill-at-write K`` SIGKILLs the process at the K-th write boundary of
+:mod:`diffspeed.atomic` (before a temporary file is written, before its rename, after it);
+``--list-writes`` prints every boundary instead.
 """
 
 import argparse
@@ -18,6 +21,7 @@ from torch import nn
 torch.set_num_threads(1)
 
 import diffspeed  # noqa: E402
+from diffspeed import atomic  # noqa: E402
 from diffspeed.core.adapters import DiscreteVPDenoiser  # noqa: E402
 from diffspeed.distill import CT, TrainConfig  # noqa: E402
 from diffspeed.distill import ct as ct_method  # noqa: E402
@@ -49,24 +53,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--kill-at-step", type=int, default=-1)
-    p.add_argument("--kill-in-checkpoint", type=int, default=-1)
+    p.add_argument("--kill-at-write", type=int, default=-1)
+    p.add_argument("--list-writes", action="store_true")
     a = p.parse_args()
-    if a.kill_in_checkpoint >= 0:
-        real = io.save_file
-        writes = []
+    boundaries = []
 
-        def dying_save_file(tensors, path, metadata=None):
-            # write the checkpoint's temporary file half-way, then die before the rename
-            writes.append(path)
-            if len(writes) == a.kill_in_checkpoint:
-                real(tensors, path, metadata=metadata)
-                size = os.path.getsize(path)
-                with open(path, "r+b") as f:
-                    f.truncate(size // 2)
-                os.kill(os.getpid(), signal.SIGKILL)
-            real(tensors, path, metadata=metadata)
+    def boundary(label: str) -> None:
+        boundaries.append(label)
+        if a.list_writes:
+            print(f"write boundary {len(boundaries)}: {label}", flush=True)
+        if len(boundaries) == a.kill_at_write:
+            os.kill(os.getpid(), signal.SIGKILL)
 
-        io.save_file = dying_save_file
+    atomic.on_boundary = boundary
 
     real_loss = ct_method.CTLoss.__call__
 
@@ -93,6 +92,11 @@ def main() -> None:
     )
     method = CT(n_start=11, n_end=11, strength=1.0, metric="l2")
     diffspeed.distill(teacher, method, train=cfg, out=a.out, data=x0)
+    from accelerate import PartialState
+
+    state = PartialState()
+    with open(os.path.join(a.out, f"processes-{state.process_index}.txt"), "w") as f:
+        f.write(str(state.num_processes))
     if int(os.environ.get("RANK", "0")) == 0:
         state = io.load_weights(os.path.join(a.out, CHECKPOINT))
         final = {k: v for k, v in state.items() if k.startswith(("student.", "emas."))}

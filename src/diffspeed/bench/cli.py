@@ -125,6 +125,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from diffspeed.atomic import writable_parent
     from diffspeed.bench.config import BenchPlan, BenchSettings, load_plan, parse_row_arg
     from diffspeed.bench.pipeline import pipeline_demo_plan, resolve_model
 
@@ -142,6 +143,7 @@ def _bench(args: argparse.Namespace) -> int:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"duplicate row names {dupes}; give each row a unique name=...")
+    writable_parent(Path(args.out) / "results.json", "bench output")
     if kind == "pipeline":
         return _run_pipeline(replace(plan, rows=rows), source, args)
     args.model = source

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10
     import tomli as tomllib
 
-from diffspeed.errors import ConfigError
+from diffspeed.errors import ConfigError, did_you_mean
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE
 
 #: Row fields that are tables (dicts); on the command line they take dotted sub-keys.
@@ -107,17 +108,27 @@ class Row:
         for key in d:
             if key not in allowed:
                 raise ConfigError(
-                    f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed)}"
+                    f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: "
+                    f"{', '.join(allowed)}"
                 )
         for key in _ROW_DICT_KEYS:
             if d.get(key) is not None and not isinstance(d[key], dict):
                 raise ConfigError(f"{where}: {key!r} must be a table, got {d[key]!r}")
         steps = d.get("steps")
-        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool)):
-            raise ConfigError(f"{where}: 'steps' must be an integer, got {steps!r}")
+        if steps is not None and (
+            not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 10_000
+        ):
+            raise ConfigError(f"{where}: 'steps' must be an integer in 1..10000, got {steps!r}")
         guidance = d.get("guidance")
-        if guidance is not None and not isinstance(guidance, int | float):
-            raise ConfigError(f"{where}: 'guidance' must be a number, got {guidance!r}")
+        if guidance is not None and (
+            not isinstance(guidance, int | float)
+            or isinstance(guidance, bool)
+            or not math.isfinite(guidance)
+        ):
+            raise ConfigError(
+                f"{where}: 'guidance' must be a number (a finite float such as 2.0), got "
+                f"{guidance!r}"
+            )
         kw = dict(d)
         if guidance is not None:
             kw["guidance"] = float(guidance)
@@ -180,8 +191,20 @@ class BenchSettings:
                 raise ConfigError(f"settings: {name!r} must be an integer >= 1, got {value!r}")
         if self.samples < 2:
             raise ConfigError("settings: 'samples' must be >= 2 (metrics need two samples)")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ConfigError(f"settings: 'warmup' must be an integer >= 0, got {self.warmup!r}")
+        for name in ("warmup", "seed", "reference_steps", "grid"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"settings: {name!r} must be an integer >= 0, got {value!r}")
+        g = self.guidance
+        if not isinstance(g, int | float) or isinstance(g, bool) or not math.isfinite(g):
+            raise ConfigError(
+                f"settings: 'guidance' must be a number (a finite float such as 2.0), got {g!r}"
+            )
+        for name in ("reference_solver", "reference_schedule"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"settings: {name!r} must be a name (a string)")
+        if not isinstance(self.baseline, dict):
+            raise ConfigError("settings: 'baseline' must be a table, e.g. {solver = \"ddim\"}")
         Row.from_dict(self.baseline, "settings.baseline")
 
     @classmethod
@@ -191,7 +214,8 @@ class BenchSettings:
         for key in d:
             if key not in allowed:
                 raise ConfigError(
-                    f"settings: unknown key {key!r}; allowed keys: {', '.join(allowed)}"
+                    f"settings: unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: "
+                    f"{', '.join(allowed)}"
                 )
         types = {f.name: f.type for f in fields(cls)}
         kw = {}
@@ -244,7 +268,10 @@ def load_plan(path: str | Path) -> BenchPlan:
     try:
         data = tomllib.loads(path.read_text())
     except OSError as e:
-        raise ConfigError(f"cannot read bench config {path}: {e.strerror}") from None
+        raise ConfigError(
+            f"cannot read bench config {path}: {e.strerror}; check the path (or give rows with "
+            "--row KEY=VALUE,...)"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     return parse_plan(data, str(path))
@@ -277,7 +304,9 @@ def parse_row_arg(text: str) -> Row:
     d: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
-            raise ConfigError(f"--row {text!r}: {part!r} is not KEY=VALUE")
+            raise ConfigError(
+                f"--row {text!r}: {part!r} is not KEY=VALUE; write e.g. --row solver=ddim,steps=8"
+            )
         key, value = (s.strip() for s in part.split("=", 1))
         if "." in key:
             head, sub = key.split(".", 1)

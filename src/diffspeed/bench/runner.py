@@ -79,7 +79,9 @@ def _load_diffusers(path: Path, uncond: dict[str, Any] | None) -> Any:
     import diffusers
 
     from diffspeed.core.adapters import from_diffusers
+    from diffspeed.models.io import check_safetensors_folder
 
+    check_safetensors_folder(path)
     for sub in ("unet", "scheduler"):
         if not (path / sub).is_dir():
             raise WeightsError(
@@ -87,7 +89,9 @@ def _load_diffusers(path: Path, uncond: dict[str, Any] | None) -> Any:
                 "(expected unet/ and scheduler/, as written by save_pretrained)"
             )
     try:
-        unet = diffusers.UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+        unet = diffusers.UNet2DModel.from_pretrained(
+            path, subfolder="unet", local_files_only=True, use_safetensors=True
+        )
         sched = diffusers.DDPMScheduler.from_pretrained(
             path, subfolder="scheduler", local_files_only=True
         )

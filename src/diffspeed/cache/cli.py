@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -25,16 +24,24 @@ def _methods(args: argparse.Namespace) -> int:
 def _teacher(args: argparse.Namespace):
     import torch
 
+    from diffspeed.commands import check_sampling_args
     from diffspeed.models.teacher import guided_teacher, load_teacher
 
+    check_sampling_args(args)
     torch.set_num_threads(args.threads)
     den = load_teacher(args.teacher)
     return guided_teacher(args.guidance, den) if args.guidance != 1.0 else den
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from diffspeed.cache import calibrate
+    from diffspeed.atomic import atomic_write_text, writable_parent
+    from diffspeed.cache import CACHES, calibrate
+    from diffspeed.commands import json_option
 
+    CACHES[args.method]  # an unknown method fails here (with a did-you-mean), not after work
+    fixed = json_option(args.fixed, "--fixed")
+    if args.out:
+        writable_parent(args.out, "cache config")
     den = _teacher(args)
     res = calibrate(
         den,
@@ -44,7 +51,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         steps=args.steps,
         schedule=args.schedule,
         n=args.n,
-        fixed=json.loads(args.fixed),
+        fixed=fixed,
     )
     print("| value | PSNR dB | full evals |")
     print("|---|---|---|")
@@ -52,7 +59,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"| {t['value']:g} | {t['psnr']:.2f} | {t['full_fraction']:.2f} |")
     print(f"chosen: {res.config.to_json()} (PSNR {res.psnr:.2f} dB, target {res.target_psnr})")
     if args.out:
-        args.out.write_text(res.config.to_json() + "\n")
+        atomic_write_text(args.out, res.config.to_json() + "\n")
         print(f"wrote {args.out}")
     return 0
 
@@ -61,23 +68,34 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     import diffspeed
+    from diffspeed.atomic import image_target
     from diffspeed.cache import config_from_dict
     from diffspeed.commands import parse_labels
+    from diffspeed.errors import ConfigError
     from diffspeed.eval.images import save_grid
     from diffspeed.models.teacher import label_cond
 
-    den = _teacher(args)
-    text = Path(args.config).read_text() if args.config.endswith(".json") else args.config
+    text = args.config
+    if text.endswith(".json"):
+        try:
+            text = Path(text).read_text()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot read cache config {args.config} ({e.strerror}); check the path, or "
+                'pass the JSON itself, e.g. \'{"method": "deepcache"}\''
+            ) from None
     cfg = config_from_dict(text)
     y = torch.tensor(parse_labels(args.labels)).repeat_interleave(args.per_label)
+    out = image_target(args.out, "cache_grid.png")
+    den = _teacher(args)
     shape = den.cond_spec.sample_shape
     noise = diffspeed.seeded_noise(range(args.seed, args.seed + len(y)), shape)
     with diffspeed.apply_cache(den, cfg) as handle:
         x = diffspeed.sample(den, noise, args.solver, args.steps, args.schedule, cond=label_cond(y))
         stats = handle.stats
     title = f"{cfg.method} {args.solver} {args.steps} steps: {stats['full']}/{stats['evals']} full"
-    save_grid(x, args.out, nrow=args.per_label, title=title)
-    print(f"wrote {args.out} ({title})")
+    save_grid(x, out, nrow=args.per_label, title=title)
+    print(f"wrote {out} ({title})")
     return 0
 
 

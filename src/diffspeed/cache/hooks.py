@@ -104,7 +104,10 @@ def config_from_dict(data: dict[str, Any] | str) -> CacheConfig:
         try:
             data = json.loads(data)
         except ValueError as e:
-            raise ConfigError(f"cache config is not valid JSON ({e})") from None
+            raise ConfigError(
+                f'cache config is not valid JSON ({e}); write it like {{"method": "deepcache", '
+                '"interval": 3}'
+            ) from None
     if not isinstance(data, dict) or "method" not in data:
         raise ConfigError('a cache config dict needs a "method" key, e.g. {"method": "deepcache"}')
     fields = dict(data)

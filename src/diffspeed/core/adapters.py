@@ -13,13 +13,13 @@ from torch import nn
 
 from diffspeed.core.contract import CondSpec
 from diffspeed.core.denoiser import Denoiser, network_output
-from diffspeed.errors import ConfigError, ShapeError, unknown_name
+from diffspeed.errors import ConfigError, unknown_name
 
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
 
 def _check_prediction(prediction: str) -> str:
-    if prediction not in PREDICTIONS:
+    if not isinstance(prediction, str) or prediction not in PREDICTIONS:
         raise unknown_name("prediction type", prediction, PREDICTIONS)
     return prediction
 
@@ -216,6 +216,12 @@ def wrap(
         alphas_cumprod: ``[T]`` cumulative products of ``1 - beta_t`` (e.g. a diffusers
             scheduler's ``alphas_cumprod``).
     """
+    if not callable(fn):
+        raise ConfigError(
+            f"wrap() needs the network (an nn.Module or callable fn(x_t, t, **cond)), got "
+            f"{type(fn).__name__}; load the model first, e.g. UNet2DModel.from_pretrained(...)"
+        )
+    _check_prediction(prediction)
     if alphas_cumprod is None:
         raise ConfigError(
             "wrap() needs alphas_cumprod (e.g. scheduler.alphas_cumprod); "
@@ -298,8 +304,9 @@ def infer_cond_spec(model: nn.Module, uncond: Mapping[str, Any] | None = None) -
     keys: tuple[str, ...] | None = None
     default_uncond: dict[str, Any] = {}
     num_classes = 0
+    embeds = 0  # label values the network embeds (the null class included)
     if name == "UNet2DModel":
-        num_classes = int(cfg.get("num_class_embeds") or 0)
+        num_classes = embeds = int(cfg.get("num_class_embeds") or 0)
         has_classes = bool(num_classes or cfg.get("class_embed_type"))
         keys = (CLASS_LABELS,) if has_classes else ()
     elif name == "UNet2DConditionModel":
@@ -311,6 +318,7 @@ def infer_cond_spec(model: nn.Module, uncond: Mapping[str, Any] | None = None) -
             keys += (ADDED_COND,)
     elif cfg.get("norm_type") == "ada_norm_zero" and cfg.get("num_embeds_ada_norm"):
         num_classes = int(cfg["num_embeds_ada_norm"])
+        embeds = num_classes + 1
         keys = (CLASS_LABELS,)
         default_uncond = {CLASS_LABELS: torch.tensor(num_classes)}
     if keys is not None:
@@ -326,6 +334,7 @@ def infer_cond_spec(model: nn.Module, uncond: Mapping[str, Any] | None = None) -
         uncond=merged if keys is not None else (merged or None),
         batch_dims={k: 0 for k in keys or ()},
         sample_shape=_sample_shape(cfg),
+        classes={CLASS_LABELS: embeds} if embeds and CLASS_LABELS in (keys or ()) else {},
         examples=_class_examples(num_classes, merged) if num_classes else None,
     )
 
@@ -348,6 +357,7 @@ def from_diffusers(
     cond_spec: CondSpec | None = None,
     uncond: Mapping[str, Any] | None = None,
     learned_sigma: str | None = None,
+    prediction: str | None = None,
     **kwargs: Any,
 ) -> DiscreteVPDenoiser:
     """Denoiser for a diffusers UNet/transformer and the scheduler it was trained with.
@@ -366,6 +376,8 @@ def from_diffusers(
         learned_sigma: ``"split"`` keeps the first half of the output channels of a
             learned-variance model (``out_channels == 2 * in_channels``, as in the official
             DiT checkpoints); detected from the config when not given.
+        prediction: overrides the scheduler's ``prediction_type`` (``"epsilon"``,
+            ``"v_prediction"``, ``"sample"``).
     """
     ac = getattr(scheduler, "alphas_cumprod", None)
     if ac is None:
@@ -373,9 +385,15 @@ def from_diffusers(
             f"{type(scheduler).__name__} has no alphas_cumprod; pass a discrete-time VP "
             "diffusers scheduler (DDPM/DDIM/Euler/DPMSolver... built from the model's config)"
         )
-    prediction = scheduler.config.get("prediction_type", "epsilon")
+    if prediction is None:
+        prediction = scheduler.config.get("prediction_type", "epsilon")
+    _check_prediction(prediction)
     if not isinstance(unet, torch.nn.Module):
-        raise ShapeError(f"from_diffusers expects a torch module, got {type(unet).__name__}")
+        raise ConfigError(
+            f"from_diffusers expects the loaded model (a torch nn.Module), got "
+            f"{type(unet).__name__}; load it first, e.g. UNet2DModel.from_pretrained(path, "
+            "subfolder='unet', use_safetensors=True)"
+        )
     if cond_spec is not None and uncond is not None:
         raise ConfigError("give cond_spec or uncond, not both (a spec carries its own uncond)")
     spec = cond_spec if cond_spec is not None else infer_cond_spec(unet, uncond)

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from diffspeed.errors import ConfigError, ShapeError
+from diffspeed.errors import ConfigError, ShapeError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class CondSpec:
             unconditional input; ``None`` when the key set is undeclared.
         batch_dims: per key, the dimension that indexes samples (0 when not named).
         sample_shape: the model's input shape without the batch (``(C, H, W)``), when known.
+        classes: per key of integer labels, the number of label values the network embeds
+            (labels must lie in ``0 .. n-1``, the null class included).
         examples: ``examples(n) -> cond`` gives ``n`` representative conditions (one per sample,
             e.g. the classes in turn or a prompt list), for benches and data-free distillation;
             ``None`` when the model's owner supplies none.
@@ -42,6 +44,7 @@ class CondSpec:
     uncond: Mapping[str, Any] | None = None
     batch_dims: Mapping[str, int] = field(default_factory=dict)
     sample_shape: tuple[int, ...] | None = None
+    classes: Mapping[str, int] = field(default_factory=dict)
     examples: Callable[[int], dict[str, Any]] | None = field(default=None, compare=False)
 
     @property
@@ -97,19 +100,30 @@ class CondSpec:
         return self.examples(n)
 
     def check(self, cond: Mapping[str, Any], batch: int) -> None:
-        """Refuse missing or unknown keys and values whose sample count is not ``batch``."""
+        """Refuse missing or unknown keys, labels outside the model's classes and values
+        whose sample count is not ``batch``."""
+        if not isinstance(cond, Mapping):
+            raise ConfigError(
+                f"cond must be a dict {{key: value}}, got {type(cond).__name__}; e.g. "
+                f"cond={{{', '.join(repr(k) + ': ...' for k in self.keys or ('key',))}}}"
+            )
         if self.keys is None:
             return
         missing = [k for k in self.keys if k not in cond]
         unknown = [k for k in cond if k not in self.keys]
         if missing or unknown:
+            hints = "".join(did_you_mean(k, missing or self.keys) for k in unknown)
             raise ConfigError(
-                f"cond keys {sorted(cond)} do not match the model's {list(self.keys)}"
+                f"cond keys {sorted(map(str, cond))} do not match the model's {list(self.keys)}"
                 + (f"; missing {missing}" if missing else "")
                 + (f"; unknown {unknown}" if unknown else "")
+                + hints
+                + f"; pass cond with exactly the keys {list(self.keys)}"
             )
         for key in self.keys:
             value = cond[key]
+            if key in self.classes:
+                _check_labels(key, value, self.classes[key])
             if isinstance(value, torch.Tensor) and value.ndim > 0:
                 n = value.shape[self.batch_dim(key)]
                 if n not in (1, batch):
@@ -133,6 +147,34 @@ class CondSpec:
             else:
                 out[key] = value.index_select(dim, index.to(value.device))
         return out
+
+
+def _check_labels(key: str, value: Any, n: int) -> None:
+    """Refuse class labels that are not integers in ``0 .. n-1``."""
+    t = value if isinstance(value, torch.Tensor) else None
+    if t is None:
+        try:
+            t = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise ConfigError(
+                f"cond[{key!r}] must be integer class labels, got {type(value).__name__}; "
+                f"pass a LongTensor of labels in 0..{n - 1}"
+            ) from None
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ConfigError(
+            f"cond[{key!r}] must hold integer class labels, got dtype {t.dtype}; pass "
+            f"torch.tensor([...], dtype=torch.long) with labels in 0..{n - 1}"
+        )
+    if t.ndim > 1:
+        raise ShapeError(
+            f"cond[{key!r}] must be one label per sample [B], got shape {tuple(t.shape)}"
+        )
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n):
+        bad = t[(t < 0) | (t >= n)].unique()[:5].tolist()
+        raise ConfigError(
+            f"cond[{key!r}] has labels {bad} outside the model's classes 0..{n - 1}; "
+            "pass labels in that range"
+        )
 
 
 #: The spec of a denoiser that declares nothing (any cond passes through unchecked).
@@ -190,15 +232,19 @@ def check_inputs(denoiser: Any, noise: torch.Tensor, cond: Mapping[str, Any] | N
     if not isinstance(noise, torch.Tensor) or noise.ndim < 2:
         raise ShapeError(
             f"noise must be a [B, ...] tensor, got {type(noise).__name__} "
-            f"{tuple(getattr(noise, 'shape', ()))}"
+            f"{tuple(getattr(noise, 'shape', ()))}; draw it with torch.randn(B, C, H, W)"
         )
+    if noise.shape[0] == 0:
+        raise ShapeError("noise holds 0 samples; draw noise of shape [B, ...] with B >= 1")
     want = None if spec.sample_shape is None else tuple(spec.sample_shape)
     if want is not None and tuple(noise.shape[1:]) != want:
         raise ShapeError(
             f"noise has sample shape {tuple(noise.shape[1:])} but the model takes {want}; "
             f"draw noise of shape [B, {', '.join(map(str, want))}]"
         )
-    spec.check(cond or {}, noise.shape[0])
+    if noise.is_floating_point() and not bool(torch.isfinite(noise).all()):
+        raise ShapeError("noise contains NaN or Inf; draw finite unit Gaussian noise")
+    spec.check({} if cond is None else cond, noise.shape[0])
 
 
 def cond_to(cond: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:

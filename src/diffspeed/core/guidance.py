@@ -6,6 +6,7 @@ one forward of twice the batch.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -41,6 +42,27 @@ def _cat(a: Any, b: Any, dim: int = 0) -> Any:
     return torch.cat([a, b.to(device=a.device, dtype=a.dtype)], dim=dim)
 
 
+def check_scale(scale: Any) -> float | torch.Tensor:
+    """Refuse a guidance scale that is not a finite number (or a 0-/1-D tensor of them)."""
+    if isinstance(scale, torch.Tensor):
+        if scale.is_complex() or scale.ndim > 1 or not bool(torch.isfinite(scale.float()).all()):
+            raise ConfigError(
+                f"the guidance scale must be finite numbers (a float or a [B] tensor), got a "
+                f"{scale.dtype} tensor of shape {tuple(scale.shape)}; e.g. guidance(den, 2.0)"
+            )
+        return scale
+    if isinstance(scale, bool) or not isinstance(scale, int | float):
+        raise ConfigError(
+            f"the guidance scale must be a number, got {type(scale).__name__} {scale!r}; "
+            "e.g. guidance(den, 2.0) (1 = no guidance)"
+        )
+    if not math.isfinite(scale):
+        raise ConfigError(
+            f"the guidance scale is {scale}; give a finite number such as 2.0 (1 = no guidance)"
+        )
+    return float(scale)
+
+
 class GuidedDenoiser(DenoiserWrapper):
     """A denoiser with classifier-free guidance folded in (same contract as :class:`Denoiser`).
 
@@ -65,7 +87,7 @@ class GuidedDenoiser(DenoiserWrapper):
                 "guidance needs uncond={key: value}, e.g. the null class or "
                 "{'encoder_hidden_states': empty_prompt_embeddings}"
             )
-        self.scale = scale
+        self.scale = check_scale(scale)
         self.uncond = uncond
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:

@@ -144,6 +144,7 @@ def _run(cls: type, args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         evaluate=evaluate,
+        force=args.force,
     )
     print(f"wrote {path}")
     if args.ship:
@@ -154,6 +155,7 @@ def _run(cls: type, args: argparse.Namespace) -> int:
 def _ship(config: Any, out: Path, path: Path, name: str, wanted: set[int]) -> None:
     """Copy the result into the package's students: an adapter folder as is, a consistency
     student as ``NAME``, fixed-step students (each round) as ``NAME-<steps>``, int8."""
+    from diffspeed.atomic import atomic_dir
     from diffspeed.distill.students import (
         STUDENTS_DIR,
         load_student,
@@ -162,7 +164,8 @@ def _ship(config: Any, out: Path, path: Path, name: str, wanted: set[int]) -> No
     )
 
     if path.is_dir():
-        shutil.copytree(path, STUDENTS_DIR / name, dirs_exist_ok=True)
+        with atomic_dir(STUDENTS_DIR / name) as tmp:
+            shutil.copytree(path, tmp, dirs_exist_ok=True)
         print(f"shipped {STUDENTS_DIR / name}")
         return
     for p in sorted(out.glob("round-*/student.safetensors")) or [path]:
@@ -243,6 +246,7 @@ def _run_options(p: argparse.ArgumentParser, multi_round: bool) -> None:
         help="training data: digits, a style (italic, thick), or several joined (digits,thick)",
     )
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g.add_argument("--force", action="store_true", help="resume even if the settings changed")
     g.add_argument("--eval-samples", type=int, default=200, help="samples per evaluation")
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -288,6 +288,7 @@ def train_consistency(
         data=data,
         teacher=teacher,
         resume=opts.resume,
+        force=opts.force,
         evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
         run_info=run_info,
         progress=opts.progress,

@@ -29,13 +29,15 @@ from diffspeed.models.styles import STYLES
 def finetune_style(path: str | Path) -> str:
     """The style a model written by :func:`finetune_teacher` was fine-tuned on (read from the
     JSON beside its weights); a :class:`~diffspeed.errors.WeightsError` for any other model."""
-    import json
-
     from diffspeed.errors import WeightsError
+    from diffspeed.models.io import read_model_config
 
     cfg_path = Path(path).with_suffix(".json")
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    if "finetune" not in cfg:
+    try:
+        cfg = read_model_config(path, "style fine-tune")
+    except WeightsError:
+        cfg = {}
+    if not isinstance(cfg, dict) or "finetune" not in cfg:
         raise WeightsError(
             f"{path} is not a style fine-tune (no 'finetune' entry in {cfg_path}); make one with "
             "`diffspeed distill finetune`"
@@ -119,7 +121,7 @@ def finetune_teacher(
     ``models/assets/students/<ship>.safetensors`` (how the shipped second model is made).
     """
     from diffspeed.distill.trainer import TrainConfig, TrainData, train
-    from diffspeed.models.io import atomic_write_json, save_weights
+    from diffspeed.models.io import save_model
     from diffspeed.models.styles import style_set
     from diffspeed.models.teacher import load_teacher, teacher_config
 
@@ -151,6 +153,5 @@ def finetune_teacher(
     cfg = {**arch, "finetune": asdict(config)}
     targets = [(out, False)] + ([(STUDENTS_DIR / f"{ship}.safetensors", True)] if ship else [])
     for path, int8 in targets:
-        save_weights(path, result.best.state_dict(), arch, int8=int8)
-        atomic_write_json(path.with_suffix(".json"), cfg)
+        save_model(path, result.best.state_dict(), cfg, arch, int8=int8)
     return out

@@ -29,6 +29,7 @@ from diffspeed.distill.progressive import (
 )
 from diffspeed.distill.students import (
     Recipe,
+    check_finished,
     load_student,
     make_student,
     save_student,
@@ -161,7 +162,9 @@ def guided_stages(
         "ddim", tuple(grid.tolist()), config.guidance, w_conditioned=True, w_range=prog.w_range
     )
     path = out_dir / "stage1" / "student.safetensors"
+    done = {"stage": 1, "train": stage1.to_dict(), "guided": config.to_dict()}
     if opts.resume and path.is_file():
+        check_finished(path, done, opts.force)
         student, _ = load_student(path)
     else:
         student = make_student(teacher, config.stage1_parameterization, w_conditioned=True)
@@ -173,12 +176,13 @@ def guided_stages(
             data=data,
             teacher=teacher,
             resume=opts.resume,
+            force=opts.force,
             evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
             run_info={"teacher": digest, "stage": 1},
             progress=opts.progress,
         )
         student = res.best
-        save_student(path, student, recipe, method="guided", stage=1, guided=config.to_dict())
+        save_student(path, student, recipe, method="guided", **done)
     # Stage 2: progressive rounds on the w-conditioned student, w drawn per sample.
     info = {"teacher": digest, "stage": 2}
     return progressive_rounds(student, prog, stage2, out_dir, data, opts, run_info=info)

@@ -166,6 +166,7 @@ def kd_student(
         out_dir,
         data=data,
         resume=opts.resume,
+        force=opts.force,
         evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
         run_info={"teacher": weights_digest(network_of(teacher))},
         progress=opts.progress,

@@ -15,7 +15,6 @@ import copy
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -109,21 +108,27 @@ def save_lora(
     config: LoRA,
     info: dict[str, Any] | None = None,
 ) -> Path:
-    """Save the adapter of ``net`` as a diffusers LoRA directory (atomic per file).
+    """Save the adapter of ``net`` as a diffusers LoRA directory, atomically as a whole.
 
     Writes ``pytorch_lora_weights.safetensors`` through diffusers'
     ``StableDiffusionLoraLoaderMixin.save_lora_weights`` (keys prefixed ``unet.``, the
     ``LoraConfig`` in the header) and ``diffspeed_lora.json`` (``config`` and ``info``, e.g.
-    the consistency boundary and the recommended sampler). Returns the weights path.
+    the consistency boundary and the recommended sampler). The folder is built aside and
+    renamed into place (:func:`~diffspeed.atomic.atomic_dir`), so a kill leaves the old
+    adapter or the new one, never half of each. Returns the weights path.
     """
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
+    from diffspeed.atomic import atomic_dir
+    from diffspeed.models.io import canonical_safetensors, umask_mode
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     layers = lora_state_dict(net)
     meta = config.peft_config().to_dict()
     meta["target_modules"] = sorted(meta["target_modules"])
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".lora-") as tmp:
+    cfg = asdict(config)
+    cfg["targets"] = list(config.targets)
+    with atomic_dir(out_dir) as tmp:
         StableDiffusionLoraLoaderMixin.save_lora_weights(
             tmp,
             unet_lora_layers=layers,
@@ -131,14 +136,12 @@ def save_lora(
             safe_serialization=True,
             unet_lora_adapter_metadata=meta,
         )
-        os.replace(Path(tmp) / WEIGHT_NAME, out_dir / WEIGHT_NAME)
-    from diffspeed.models.io import atomic_write_json, umask_mode
-
-    (out_dir / WEIGHT_NAME).chmod(umask_mode())  # the temporary file was private (0600)
-
-    cfg = asdict(config)
-    cfg["targets"] = list(config.targets)
-    atomic_write_json(out_dir / META_NAME, {"lora": cfg, **(info or {})})
+        weights = tmp / WEIGHT_NAME  # diffusers writes its header in hash-map order
+        weights.write_bytes(canonical_safetensors(weights.read_bytes()))
+        weights.chmod(umask_mode())  # diffusers' temporary file was private (0600)
+        (tmp / META_NAME).write_text(
+            json.dumps({"lora": cfg, **(info or {})}, indent=2, sort_keys=True) + "\n"
+        )
     return out_dir / WEIGHT_NAME
 
 
@@ -148,19 +151,19 @@ def read_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], LoRA, d
     Tensor keys are the module paths with ``.lora_A.weight`` / ``.lora_B.weight`` (the
     ``unet.`` prefix removed).
     """
-    from diffspeed.models.io import load_weights
+    from diffspeed.models.io import load_weights, read_json_config
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     weights = folder / WEIGHT_NAME if path.is_dir() else path
-    meta_file = folder / META_NAME
-    if not meta_file.is_file():
-        raise WeightsError(f"{meta_file} is missing; a diffspeed LoRA adapter needs it")
-    info = json.loads(meta_file.read_text())
-    lora_cfg = info.pop("lora", None)
-    if not isinstance(lora_cfg, dict):
-        raise WeightsError(f"{meta_file} has no 'lora' settings")
-    cfg = LoRA(lora_cfg["rank"], lora_cfg["alpha"], tuple(lora_cfg["targets"]))
+    info = read_json_config(folder / META_NAME, "diffspeed LoRA adapter", ("lora",))
+    lora_cfg = info.pop("lora")
+    try:
+        cfg = LoRA(lora_cfg["rank"], lora_cfg["alpha"], tuple(lora_cfg["targets"]))
+    except (TypeError, KeyError) as e:
+        raise WeightsError(
+            f"{folder / META_NAME} has malformed 'lora' settings ({e}); re-save the adapter"
+        ) from None
     tensors = load_weights(weights)
     bad = [k for k in tensors if not k.startswith("unet.") or ".lora_" not in k]
     if bad:
@@ -377,6 +380,7 @@ class LCMLoRA(MethodConfig):
             data=data,
             teacher=teacher,
             resume=opts.resume,
+            force=opts.force,
             evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
             run_info={"teacher": digest, "lora": asdict(self.lora)},
             progress=opts.progress,

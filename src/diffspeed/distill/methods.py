@@ -70,6 +70,7 @@ class RunOptions(typing.NamedTuple):
     resume: bool = True
     progress: bool = False
     evaluate: EvaluatorFactory | None = None
+    force: bool = False
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -109,6 +110,7 @@ def distill(
     resume: bool = True,
     progress: bool = False,
     evaluate: EvaluatorFactory | None = None,
+    force: bool = False,
 ) -> Path:
     """Distil ``teacher`` with the method ``config``; return the path of the final student.
 
@@ -122,10 +124,13 @@ def distill(
         out: run directory (checkpoints, logs, students); an interrupted run resumes.
         data: training data: a ``TrainData``, ``x0`` or ``(x0, cond)`` with ``cond`` the
             teacher's conditioning of each row (e.g. ``{"encoder_hidden_states": [N, L, D]}``).
-        resume: continue the run in ``out`` (finished stages are kept).
+        resume: continue the run in ``out`` (finished stages are kept); a stage or checkpoint
+            written with other settings is refused, naming the differing fields.
         progress: show progress bars.
         evaluate: ``evaluate(recipe) -> fn(student, step) -> {metric: value}`` for periodic
             evaluation (see :func:`~diffspeed.distill.students.recipe_evaluator`).
+        force: resume even where the settings changed (finished stages are kept as they are,
+            checkpoints continue with the new settings).
     """
     if not is_dataclass(config) or all(DISTILLERS[n] is not type(config) for n in DISTILLERS):
         raise ConfigError(
@@ -139,7 +144,8 @@ def distill(
     data = as_train_data(teacher, data)
     if data is None and config.needs_data:
         raise ConfigError(f"{config.method} trains on data: pass data=(x0, cond)")
-    return config.run(teacher, runs, Path(out), data, RunOptions(resume, progress, evaluate))
+    opts = RunOptions(resume, progress, evaluate, force)
+    return config.run(teacher, runs, Path(out), data, opts)
 
 
 def bench_rows() -> dict[str, Callable[[Any, Any], Any]]:

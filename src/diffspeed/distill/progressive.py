@@ -40,6 +40,7 @@ from diffspeed.distill.methods import MethodConfig, RunOptions, register
 from diffspeed.distill.students import (
     SCALE_KEY,
     Recipe,
+    check_finished,
     frozen_copy,
     load_student,
     make_student,
@@ -302,7 +303,9 @@ def progressive_rounds(
         )
         round_dir = out_dir / f"round-{steps}"
         path = round_dir / "student.safetensors"
+        done = {"round": k, "train": tc.to_dict(), "config": config.to_dict()}
         if opts.resume and path.is_file():
+            check_finished(path, done, opts.force)
             log.info("round %d (%d steps) already done: %s", k, steps, path)
             best, _ = load_student(path)
         else:
@@ -316,12 +319,13 @@ def progressive_rounds(
                 data=data,
                 teacher=teacher,
                 resume=opts.resume,
+                force=opts.force,
                 evaluate=opts.evaluate(recipe) if opts.evaluate is not None else None,
                 run_info=info,
                 progress=opts.progress,
             )
             best = res.best
-            save_student(path, best, recipe, method="progressive", round=k, train=tc.to_dict())
+            save_student(path, best, recipe, method="progressive", **done)
         # The student becomes the teacher; the next student starts from its weights.
         teacher = frozen_copy(best)
         student = make_student(best, config.parameterization, w_conditioned=w_conditioned)

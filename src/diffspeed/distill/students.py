@@ -1,6 +1,8 @@
 """Distilled students on disk: build, save, load and sample them.
 
-A student file is a safetensors weight file plus a JSON config beside it holding the
+A student file is one safetensors weight file whose header metadata holds its config (a copy
+is written beside it as ``.json`` for reading; the header is authoritative, so a kill between
+the two writes leaves a complete student). The config holds the
 architecture (the teacher's diffusers ``UNet2DModel`` config, optionally wrapped by
 :class:`~diffspeed.distill.wcond.WCondUNet`), its parameterisation, the noise schedule and the
 **sampling recipe** it was distilled for: solver name, number of steps and the exact sigmas.
@@ -26,11 +28,25 @@ from torch import nn
 from diffspeed.core.adapters import DiscreteVPDenoiser
 from diffspeed.core.contract import UNDECLARED, CondSpec, innermost
 from diffspeed.distill.wcond import WCondUNet, WEmbedConfig, build_wcond
-from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError
-from diffspeed.models.io import atomic_write_json, load_state_into, load_weights, save_weights
+from diffspeed.errors import (
+    ConfigError,
+    UnsupportedModelError,
+    WeightsError,
+    did_you_mean,
+    unknown_name,
+)
+from diffspeed.models.io import (
+    atomic_write_json,
+    load_state_into,
+    load_weights,
+    read_metadata,
+    save_weights,
+)
 
 #: Where shipped students live.
 STUDENTS_DIR = Path(__file__).resolve().parents[1] / "models" / "assets" / "students"
+#: The safetensors metadata key holding a student's config (JSON).
+CONFIG_KEY = "diffspeed_student"
 #: ``kind`` of a student JSON config.
 KIND = "diffspeed_student"
 #: The cond key of the guidance scale a w-conditioned student takes.
@@ -139,6 +155,7 @@ def spec_to_json(spec: CondSpec) -> dict[str, Any] | None:
         "uncond": uncond,
         "batch_dims": dict(spec.batch_dims),
         "sample_shape": list(spec.sample_shape) if spec.sample_shape else None,
+        "classes": dict(spec.classes),
     }
 
 
@@ -161,6 +178,7 @@ def spec_from_json(config: Mapping[str, Any]) -> CondSpec:
         uncond=uncond,
         batch_dims={k: int(v) for k, v in d.get("batch_dims", {}).items()},
         sample_shape=tuple(shape) if shape else None,
+        classes={k: int(v) for k, v in d.get("classes", {}).items()},
     )
 
 
@@ -181,10 +199,7 @@ def make_student(
             it already is one.
     """
     if parameterization not in PARAMETERIZATIONS:
-        raise ConfigError(
-            f"unknown parameterization {parameterization!r}; choose one of: "
-            f"{', '.join(PARAMETERIZATIONS)}"
-        )
+        raise unknown_name("parameterization", parameterization, PARAMETERIZATIONS)
     inner = innermost(teacher)
     if not isinstance(inner, DiscreteVPDenoiser):
         raise UnsupportedModelError(
@@ -235,20 +250,33 @@ def save_student(
     int8: bool = False,
     **info: Any,
 ) -> Path:
-    """Write ``path`` (safetensors, atomic) and ``path.with_suffix('.json')``.
+    """Write ``path`` (safetensors, atomic, the config in its header), then a readable copy of
+    the config at ``path.with_suffix('.json')``.
 
     ``int8=True`` stores large weights int8-compressed (about 4x smaller than fp32).
     ``info`` (JSON-able) is recorded in the config (method, teacher digest, training...).
     """
     path = Path(path)
     cfg = student_config(student, recipe, **info)
-    save_weights(path, student.model.state_dict(), cfg, int8=int8)
+    meta = {CONFIG_KEY: json.dumps(cfg, sort_keys=True)}
+    save_weights(path, student.model.state_dict(), cfg, metadata=meta, int8=int8)
     atomic_write_json(path.with_suffix(".json"), cfg)
     return path
 
 
 def _resolve(name_or_path: str | Path) -> Path:
+    if not isinstance(name_or_path, str | Path):
+        raise WeightsError(
+            f"a student is a shipped name or a .safetensors path, got "
+            f"{type(name_or_path).__name__}; pass one of: {', '.join(shipped_students())}"
+        )
     p = Path(name_or_path)
+    if p.is_dir():
+        found = sorted(q.name for q in p.glob("*.safetensors"))[:3]
+        raise WeightsError(
+            f"student {p} is a folder; pass its .safetensors file"
+            + (f" (this folder holds {', '.join(found)})" if found else "")
+        )
     if p.suffix == ".safetensors" and p.is_file():
         return p
     if p.with_suffix(".safetensors").is_file() and p.suffix in ("", ".json"):
@@ -257,9 +285,30 @@ def _resolve(name_or_path: str | Path) -> Path:
     if shipped.is_file():
         return shipped
     raise WeightsError(
-        f"no student {str(name_or_path)!r}: not a .safetensors path and not a shipped student "
-        f"(shipped: {', '.join(shipped_students()) or 'none'})"
+        f"no student {str(name_or_path)!r}{did_you_mean(str(name_or_path), shipped_students())}: "
+        "not an existing .safetensors path and not a shipped student; pass a path written by "
+        f"save_student or one of: {', '.join(shipped_students()) or 'none'}"
     )
+
+
+def check_finished(path: str | Path, expected: Mapping[str, Any], force: bool = False) -> None:
+    """Refuse to reuse a finished stage's student written with other settings.
+
+    Compares ``expected`` with the ``info`` recorded in the student's config (keys the file
+    does not record are not compared; the loop's logistics fields never are) and names the
+    differing fields, unless ``force``.
+    """
+    from diffspeed.distill.trainer import LOGISTICS, check_same_run
+
+    stored = read_student_config(path).get("info", {})
+
+    def comparable(d: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: d[k] for k in expected if k in stored}
+        if isinstance(out.get("train"), Mapping):
+            out["train"] = {k: v for k, v in out["train"].items() if k not in LOGISTICS}
+        return json.loads(json.dumps(out, default=str))
+
+    check_same_run(Path(path), comparable(stored), comparable(expected), force)
 
 
 def shipped_students() -> list[str]:
@@ -268,14 +317,34 @@ def shipped_students() -> list[str]:
 
 
 def read_student_config(name_or_path: str | Path) -> dict[str, Any]:
-    """The JSON config beside a student's weights (a :class:`WeightsError` if it is missing or
-    not a diffspeed student's)."""
-    cfg_path = _resolve(name_or_path).with_suffix(".json")
-    if not cfg_path.is_file():
-        raise WeightsError(f"{cfg_path} is missing; a student needs its JSON config beside it")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("kind") != KIND:
-        raise WeightsError(f"{cfg_path} is not a diffspeed student config (kind {KIND!r})")
+    """A student's config: from its weight file's header, else from the ``.json`` beside it.
+
+    Raises:
+        WeightsError: no config, malformed JSON, or not a diffspeed student's config.
+    """
+    path = _resolve(name_or_path)
+    text = read_metadata(path).get(CONFIG_KEY)
+    source = f"{path} (header)"
+    if text is None:
+        cfg_path = path.with_suffix(".json")
+        if not cfg_path.is_file():
+            raise WeightsError(
+                f"{path} has no student config in its header and its JSON config {cfg_path} is "
+                "missing; save students with diffspeed.distill.save_student"
+            )
+        text, source = cfg_path.read_text(), str(cfg_path)
+    try:
+        cfg = json.loads(text)
+    except ValueError as e:
+        raise WeightsError(f"{source} is not valid JSON ({e}); re-save the student") from None
+    if not isinstance(cfg, dict) or cfg.get("kind") != KIND:
+        raise WeightsError(
+            f"{source} is not a diffspeed student config (needs kind {KIND!r}); pass a file "
+            "written by diffspeed.distill.save_student"
+        )
+    missing = [k for k in ("arch", "prediction", "alphas_cumprod", "recipe") if k not in cfg]
+    if missing:
+        raise WeightsError(f"{source} lacks {missing}; re-save the student with save_student")
     return cfg
 
 

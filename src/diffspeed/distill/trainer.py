@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import inspect
 import io
+import json
 import logging
 import math
 import time
@@ -34,15 +35,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffspeed.configs import dataclass_from_dict
-from diffspeed.errors import ConfigError, NonFiniteError, ShapeError, WeightsError
-from diffspeed.models.io import atomic_write_bytes, load_weights, save_weights
+from diffspeed.atomic import clean_stale
+from diffspeed.configs import config_diff, dataclass_from_dict
+from diffspeed.errors import ConfigError, NonFiniteError, ShapeError, WeightsError, unknown_name
+from diffspeed.models.io import atomic_write_bytes, load_weights, read_metadata, save_weights
 from diffspeed.progress import Progress
 
 log = logging.getLogger("diffspeed")
 
 #: File name of the checkpoint inside a run directory.
 CHECKPOINT = "checkpoint.safetensors"
+#: Checkpoint metadata key holding the run's configuration (JSON), compared on resume.
+RUN_CONFIG = "run_config"
 #: Per-step training log (CSV: step, loss, lr, grad_norm, skipped).
 TRAIN_LOG = "train_log.csv"
 #: Periodic evaluation log (CSV: step, then one column per metric).
@@ -59,6 +63,27 @@ class CheckpointError(WeightsError):
 
 class TrainingDivergedError(NonFiniteError):
     """The loss (or gradient) stayed NaN/Inf for ``max_bad_steps`` steps in a row."""
+
+
+#: Integer fields of :class:`TrainConfig` and their minimum.
+_INT_FIELDS = {
+    "steps": 1,
+    "batch_size": 1,
+    "warmup": 0,
+    "grad_accum": 1,
+    "seed": 0,
+    "max_bad_steps": 1,
+    "checkpoint_every": 0,
+    "eval_every": 0,
+    "log_every": 0,
+}
+#: Float fields of :class:`TrainConfig`: (minimum, upper bound exclusive, minimum excluded).
+_FLOAT_FIELDS = {
+    "lr": (0.0, math.inf, True),
+    "ema_decay": (0.0, 1.0, False),
+    "max_grad_norm": (0.0, math.inf, False),
+    "weight_decay": (0.0, math.inf, False),
+}
 
 
 @dataclass(frozen=True)
@@ -100,21 +125,32 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("steps, batch_size and grad_accum must be >= 1")
-        if self.lr <= 0 or self.warmup < 0:
-            raise ConfigError("lr must be > 0 and warmup >= 0")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"unknown lr_schedule {self.lr_schedule!r}; choose one of: "
-                f"{', '.join(sorted(LR_SCHEDULES))}"
-            )
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name, lo in _INT_FIELDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool):
+                example = value if isinstance(value, str) and value.isdigit() else max(lo, 1)
+                raise ConfigError(
+                    f"TrainConfig.{name} must be an integer, got {type(value).__name__} "
+                    f"{value!r}; pass e.g. {name}={int(example)}"
+                )
+            if value < lo:
+                raise ConfigError(f"TrainConfig.{name} must be >= {lo}, got {value}")
+        for name, (lo, hi, open_lo) in _FLOAT_FIELDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int | float | np.number) or isinstance(value, bool):
+                raise ConfigError(
+                    f"TrainConfig.{name} must be a number, got {type(value).__name__} {value!r}"
+                )
+            if not math.isfinite(value) or value < lo or (open_lo and value == lo) or value >= hi:
+                bound = f"> {lo}" if open_lo else f">= {lo}"
+                upper = f" and < {hi}" if math.isfinite(hi) else ""
+                raise ConfigError(
+                    f"TrainConfig.{name} must be a finite number {bound}{upper}, got {value}"
+                )
+        if not isinstance(self.lr_schedule, str) or self.lr_schedule not in LR_SCHEDULES:
+            raise unknown_name("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ConfigError("mixed_precision must be 'no', 'fp16' or 'bf16'")
-        if self.max_bad_steps < 1:
-            raise ConfigError("max_bad_steps must be >= 1")
+            raise unknown_name("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (round-trips through :meth:`from_dict`)."""
@@ -355,14 +391,42 @@ def _save_checkpoint(path, student, emas, opt, counters, hash_config) -> None:
         for k, v in st.items():
             tensors[f"opt.{i}.{k}"] = torch.as_tensor(v)
     tensors.update({f"counter.{k}": torch.tensor(v) for k, v in counters.items()})
-    meta = {"step": str(counters["step"]), "run": "diffspeed.distill"}
+    meta = {
+        "step": str(counters["step"]),
+        "run": "diffspeed.distill",
+        RUN_CONFIG: json.dumps(hash_config, sort_keys=True, default=str),
+    }
     save_weights(path, tensors, hash_config, metadata=meta)
 
 
-def _load_checkpoint(path, student, emas, opt, hash_config) -> dict[str, Any]:
+def check_same_run(path: Path, stored: Any, current: Any, force: bool) -> None:
+    """Refuse to resume ``path`` when its recorded configuration differs from the current one
+    (naming the differing fields), unless ``force``."""
+    diffs = config_diff(stored, current)
+    if not diffs:
+        return
+    if force:
+        log.warning("resuming %s with a changed configuration (--force): %s", path, diffs)
+        return
+    raise CheckpointError(
+        f"cannot resume {path}: it was written with another configuration ("
+        + "; ".join(diffs[:6])
+        + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        + "). Resume with the settings it was written with, choose another --out, or pass "
+        "--force (force=True) to continue it with the new settings"
+    )
+
+
+def _load_checkpoint(path, student, emas, opt, hash_config, force=False) -> dict[str, Any]:
     try:
-        t = load_weights(path, hash_config)
+        stored = read_metadata(path).get(RUN_CONFIG)
+        if stored is not None:
+            current = json.loads(json.dumps(hash_config, default=str))
+            check_same_run(path, json.loads(stored), current, force)
+        t = load_weights(path, None if force or stored is not None else hash_config)
     except WeightsError as e:
+        if isinstance(e, CheckpointError):
+            raise
         raise CheckpointError(
             f"cannot resume from {path}: {e}. Start a fresh run (another out_dir, or "
             "resume=False / without --resume) or resume with the config that wrote it"
@@ -426,6 +490,7 @@ def train(
     evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
     run_info: Mapping[str, Any] | None = None,
     progress: bool = False,
+    force: bool = False,
 ) -> TrainResult:
     """Train ``student`` to minimise ``loss_fn`` with AdamW; checkpoint into ``out_dir``.
 
@@ -452,13 +517,15 @@ def train(
         run_info: extra JSON-able facts that identify the run (e.g. the teacher's digest);
             part of the checkpoint hash.
         progress: show a rich progress bar with loss and ETA on the main process.
+        force: resume a checkpoint whose configuration differs from ``config`` / ``run_info``
+            (by default that is refused, naming the differing fields).
 
     Raises:
         TrainingDivergedError: ``max_bad_steps`` consecutive steps with a NaN/Inf loss or
             gradient (each such step is skipped and counted).
         CheckpointError: an unusable checkpoint in ``out_dir`` while resuming.
     """
-    loop = start(student, loss_fn, config, Path(out_dir), data, teacher, resume, run_info)
+    loop = start(student, loss_fn, config, Path(out_dir), data, teacher, resume, run_info, force)
     bar = Progress(progress and loop.acc.is_main_process, fields=("loss",))
     last_loss, t0, first = float("nan"), time.time(), loop.counters["step"]
     with bar:
@@ -504,12 +571,15 @@ def start(
     teacher: nn.Module | None,
     resume: bool,
     run_info: Mapping[str, Any] | None,
+    force: bool = False,
 ) -> _Loop:
     """Set a run up: the process layout, the run directory, models on the device, the
     optimiser and EMAs, and the state of the checkpoint in ``out_dir`` when resuming."""
     from accelerate import Accelerator
 
-    acc = Accelerator(mixed_precision=config.mixed_precision)
+    # without a GPU, processes started by `accelerate launch --multi_gpu` join over gloo on
+    # the CPU (accelerate alone would treat each as a separate single-process run)
+    acc = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     world, rank = acc.num_processes, acc.process_index
     per_micro = config.batch_size // config.grad_accum
     if config.batch_size % (config.grad_accum * world):
@@ -520,8 +590,7 @@ def start(
     ckpt = out_dir / CHECKPOINT
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(f".{CHECKPOINT}.*.tmp"):  # left by a kill mid-write
-            stale.unlink(missing_ok=True)
+        clean_stale(out_dir)  # temporary files left by a kill mid-write
     acc.wait_for_everyone()
 
     device = acc.device
@@ -538,7 +607,7 @@ def start(
     counters = {"step": 0, "skipped": 0, "bad_streak": 0}
     resumed = resume and ckpt.is_file()
     if resumed:
-        counters = _load_checkpoint(ckpt, student, emas, opt, hash_config)
+        counters = _load_checkpoint(ckpt, student, emas, opt, hash_config, force)
         log.info("resumed %s at step %d", out_dir, counters["step"])
     train_log = _CsvLog(out_dir / TRAIN_LOG, acc.is_main_process)
     eval_log = _CsvLog(out_dir / EVAL_LOG, acc.is_main_process)

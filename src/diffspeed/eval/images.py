@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffspeed.atomic import atomic_write, image_target
 from diffspeed.errors import ShapeError
 
 
@@ -38,7 +39,11 @@ def save_grid(
     row_labels: Sequence[str] | None = None,
     scale: float = 0.28,
 ) -> Path:
-    """Save an image grid as PNG; optional title and one label per row (left margin)."""
+    """Save an image grid (atomically); optional title and one label per row (left margin).
+
+    ``path`` is a file whose suffix names the format (``.png``, ``.pdf``, ...), or an existing
+    folder (the grid goes to ``grid.png`` inside it). Returns the path written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,8 +63,11 @@ def save_grid(
         ax.tick_params(axis="y", length=0, labelsize=7)
     if title:
         ax.set_title(title, fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    path = image_target(path, "grid.png")
+    try:
+        atomic_write(
+            path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:], dpi=110, bbox_inches="tight")
+        )
+    finally:
+        plt.close(fig)
     return path

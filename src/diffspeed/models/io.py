@@ -1,49 +1,48 @@
-"""Weights on disk: safetensors only (never pickle), config beside them, atomic writes."""
+"""Weights on disk: safetensors only (never pickle), atomic writes, deterministic headers."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
+from diffspeed.atomic import atomic_write, atomic_write_bytes, atomic_write_json, umask_mode
 from diffspeed.errors import WeightsError
 
-
-def umask_mode() -> int:
-    """The permission bits a new file gets from the process umask (``0o666 & ~umask``)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace`` (all or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+__all__ = [
+    "INT8_SCALE",
+    "PICKLE_SUFFIXES",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "cached_tensors",
+    "check_safetensors_folder",
+    "compress_int8",
+    "canonical_safetensors",
+    "CONFIG_META",
+    "check_weight_file",
+    "config_hash",
+    "deterministic_safetensors",
+    "load_state_into",
+    "load_weights",
+    "param_bytes",
+    "read_json_config",
+    "read_model_config",
+    "read_metadata",
+    "save_model",
+    "save_weights",
+    "umask_mode",
+    "weights_digest",
+]
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -105,17 +104,108 @@ def save_weights(
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     if int8:
         flat = {k: v.contiguous() for k, v in compress_int8(flat).items()}
+    atomic_write_bytes(path, deterministic_safetensors(flat, meta))
+
+
+def deterministic_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """Safetensors bytes whose header is canonical: metadata keys sorted, tensors in data order.
+
+    The ``safetensors`` writer emits metadata in hash-map order, so two identical saves could
+    differ byte for byte; this rewrites the JSON header (same entries, same data) so the
+    same tensors and metadata always give the same file hash.
+    """
+    return canonical_safetensors(safetensors_bytes(tensors, metadata=metadata))
+
+
+def canonical_safetensors(raw: bytes) -> bytes:
+    """The same safetensors file with its JSON header in canonical order (see
+    :func:`deterministic_safetensors`); for files another library wrote."""
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    meta = header.pop("__metadata__", None) or {}
+    entries = sorted(header.items(), key=lambda kv: (kv[1]["data_offsets"], kv[0]))
+    canon: dict[str, Any] = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
+    canon.update(entries)
+    text = json.dumps(canon, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + n :]
+
+
+def check_weight_file(path: str | os.PathLike, what: str = "weight file") -> Path:
+    """``path`` as a Path if it is an existing file; a :class:`WeightsError` saying what to
+    pass otherwise (a folder, a missing file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.safetensors"))[:3]
+        raise WeightsError(
+            f"{what} {path} is a folder; pass the .safetensors file itself"
+            + (f" (this folder holds {', '.join(found)})" if found else "")
+        )
+    if not path.is_file():
+        raise WeightsError(f"{what} {path} does not exist; check the path")
+    return path
+
+
+#: Safetensors metadata key holding a model's JSON config (the ``.json`` beside is a copy).
+CONFIG_META = "diffspeed_config"
+
+
+def save_model(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    hash_config: dict[str, Any] | None = None,
+    *,
+    int8: bool = False,
+) -> Path:
+    """Save a model as one atomic unit: weights with ``config`` in the header (the config
+    hash over ``hash_config``, default ``config``), then a readable ``.json`` copy beside.
+
+    A kill between the two writes leaves a complete model (:func:`read_model_config` reads
+    the header first).
+    """
+    meta = {CONFIG_META: json.dumps(config, sort_keys=True)}
+    save_weights(path, tensors, config if hash_config is None else hash_config, meta, int8=int8)
+    atomic_write_json(Path(path).with_suffix(".json"), config)
+    return Path(path)
+
+
+def read_model_config(
+    path: str | os.PathLike, what: str, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The config of a model saved by :func:`save_model`: from the weight file's header, or
+    (older files) from the ``.json`` beside it; a :class:`WeightsError` naming what is wrong."""
+    path = Path(path)
+    text = read_metadata(path).get(CONFIG_META)
+    if text is None:
+        return read_json_config(path.with_suffix(".json"), what, required)
+    cfg = json.loads(text)
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise WeightsError(f"{path} is not a {what}: its config lacks {missing}")
+    return cfg
+
+
+def read_json_config(
+    path: str | os.PathLike, what: str, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A JSON object from ``path`` with the ``required`` keys, or a :class:`WeightsError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path} is missing; a {what} needs its JSON config beside it")
     try:
-        save_file(flat, tmp, metadata=meta)
-        os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise WeightsError(
+            f"{path} is not valid JSON ({e}); restore the {what}'s config written with it"
+        ) from None
+    missing = [k for k in required if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        raise WeightsError(
+            f"{path} is not a {what} config: it needs the keys {list(required)} (missing "
+            f"{missing}); restore the config written with the weights"
+        )
+    return cfg
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -136,9 +226,7 @@ def load_weights(
     device: str | torch.device = "cpu",
 ) -> dict[str, torch.Tensor]:
     """Load a safetensors file; if ``config`` is given, refuse a file written for another one."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weight file {path} does not exist")
+    path = check_weight_file(path)
     try:
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

@@ -24,9 +24,11 @@ from diffspeed.core.guidance import GuidedDenoiser, guidance
 from diffspeed.errors import ConfigError, WeightsError
 from diffspeed.models.digits import IMAGE_SHAPE, NUM_CLASSES
 from diffspeed.models.io import (
-    atomic_write_json,
+    check_weight_file,
     load_state_into,
     load_weights,
+    read_model_config,
+    save_model,
     save_weights,
 )
 
@@ -105,21 +107,23 @@ def load_teacher(
         path: a ``.safetensors`` file written by ``train-teacher`` (default: the shipped one);
             its ``.json`` config must sit beside it.
     """
-    import json
-
-    path = Path(path) if path is not None else ASSETS / "teacher.safetensors"
-    cfg_path = path.with_suffix(".json")
-    if not cfg_path.is_file():
-        raise WeightsError(f"{cfg_path} is missing; a teacher needs its JSON config beside it")
-    cfg = json.loads(cfg_path.read_text())
-    unet = build_unet(cfg["unet"])
+    path = check_weight_file(path if path is not None else ASSETS / "teacher.safetensors")
+    cfg = read_model_config(path, "teacher", ("unet", "scheduler"))
+    try:
+        unet = build_unet(cfg["unet"])
+        sched = build_scheduler(cfg["scheduler"])
+        prediction = cfg["scheduler"]["prediction_type"]
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise WeightsError(
+            f"{path.with_suffix('.json')} does not describe a teacher ({type(e).__name__}: "
+            f"{e}); restore the config written with the weights"
+        ) from None
     arch = {k: cfg[k] for k in ("unet", "scheduler", "null_label") if k in cfg}
     load_state_into(unet, load_weights(path, arch), str(path))
     unet.eval().requires_grad_(False).to(device=device)
     if dtype != torch.float32:
         unet.to(dtype=dtype)
-    sched = build_scheduler(cfg["scheduler"])
-    den = DiscreteVPDenoiser(unet, sched.alphas_cumprod, cfg["scheduler"]["prediction_type"])
+    den = DiscreteVPDenoiser(unet, sched.alphas_cumprod, prediction)
     den.cond_spec = digits_cond_spec(cfg.get("null_label", NULL_LABEL))
     return den
 
@@ -138,6 +142,7 @@ def digits_cond_spec(null_label: int = NULL_LABEL) -> CondSpec:
         keys=("class_labels",),
         uncond={"class_labels": torch.tensor(null_label)},
         sample_shape=IMAGE_SHAPE,
+        classes={"class_labels": max(NUM_CLASSES, null_label) + 1},
         examples=examples,
     )
 
@@ -227,10 +232,8 @@ def train_teacher(
             log.info("step %d/%d loss %.4f (%.1f it/s)", step, cfg.steps, loss.item(), rate)
             if progress:
                 print(f"step {step}/{cfg.steps} loss {loss.item():.4f} ({rate:.1f} it/s)")
-    config = teacher_config()
-    save_weights(out, ema.state_dict(), config)  # the hash covers the architecture only
-    config["training"] = asdict(cfg)
-    atomic_write_json(out.with_suffix(".json"), config)
+    config = {**teacher_config(), "training": asdict(cfg)}
+    save_model(out, ema.state_dict(), config, teacher_config())  # hash: the architecture
     return out
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 from pathlib import Path
 
 
@@ -31,12 +30,20 @@ def _solvers(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     import torch
 
+    from diffspeed.atomic import writable_parent
+    from diffspeed.commands import check_sampling_args, json_option
     from diffspeed.eval.reference import RECOMMENDED_GUIDANCE
     from diffspeed.models.io import atomic_write_json
     from diffspeed.models.teacher import guided_teacher, load_teacher
     from diffspeed.solvers.noise import seeded_noise
     from diffspeed.solvers.optimize import CALIBRATION_SEED_BASE, tune_schedule
+    from diffspeed.solvers.registry import SCHEDULES, SOLVERS
 
+    check_sampling_args(args)
+    opts = json_option(args.solver_options, "--solver-options")
+    SOLVERS[args.solver]  # an unknown solver fails here (with a did-you-mean), not after work
+    SCHEDULES[args.base]
+    writable_parent(args.out, "schedule JSON")
     torch.set_num_threads(args.threads)
     guidance = RECOMMENDED_GUIDANCE if args.guidance is None else args.guidance
     den = load_teacher(args.teacher)
@@ -45,10 +52,10 @@ def _tune(args: argparse.Namespace) -> int:
     seeds = [CALIBRATION_SEED_BASE + i for i in range(args.calib_n)]
     noise = seeded_noise(seeds, den.cond_spec.sample_shape)
     cond = den.cond_spec.example_cond(args.calib_n)
-    opts = json.loads(args.solver_options) if args.solver_options else None
     res = tune_schedule(
         den, noise, args.solver, args.steps, cond=cond, method=args.method,
-        base=args.base, rounds=args.rounds, solver_options=opts, free_start=not args.fixed_start,
+        base=args.base, rounds=args.rounds, solver_options=opts or None,
+        free_start=not args.fixed_start,
     )  # fmt: skip
     doc = res.to_json()
     doc["calibration"] = {

@@ -17,12 +17,22 @@ def seeded_noise(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Unit Gaussian noise ``[len(seeds), *shape]``; row ``i`` depends only on ``seeds[i]``."""
+    try:
+        shape = tuple(int(v) for v in shape)
+        seeds = torch.as_tensor(seeds)
+    except (TypeError, ValueError, RuntimeError):
+        raise ShapeError(
+            f"seeded_noise needs integer seeds and a sample shape such as (1, 8, 8), got "
+            f"shape {shape!r}; pass the model's den.cond_spec.sample_shape"
+        ) from None
+    if seeds.is_floating_point() or seeds.ndim > 1 or (seeds.numel() and int(seeds.min()) < 0):
+        raise ConfigError("seeded_noise needs a flat list of integer seeds >= 0, e.g. range(8)")
     rows = [
         torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s)))
-        for s in torch.as_tensor(seeds).tolist()
+        for s in seeds.tolist()
     ]
     if not rows:
-        raise ShapeError("seeded_noise needs at least one seed")
+        raise ShapeError("seeded_noise needs at least one seed, e.g. range(8)")
     return torch.stack(rows).to(device=device, dtype=dtype)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from diffspeed.core.contract import check_inputs
 from diffspeed.core.steps import StepContext, listeners_of
-from diffspeed.errors import ConfigError, ShapeError
+from diffspeed.errors import ConfigError, ShapeError, did_you_mean
 from diffspeed.solvers.registry import SOLVERS
 from diffspeed.solvers.schedules import get_sigmas
 
@@ -91,8 +91,9 @@ def sample(
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError(
-            f"solver {solver!r} has no option(s) {unknown}; it accepts: "
-            f"{', '.join(sorted(allowed)) or 'no options'}"
+            f"solver {solver!r} has no option(s) {unknown}"
+            + "".join(did_you_mean(k, allowed) for k in unknown)
+            + f"; it accepts: {', '.join(sorted(allowed)) or 'no options'}"
         )
     sigmas = get_sigmas(denoiser, schedule, steps, **(schedule_options or {}))
     n_steps = len(sigmas) - 1
@@ -130,7 +131,7 @@ def shifted_time(denoiser: Any, shift: float) -> Callable:
     network is queried at a slightly higher noise level: ``sigma * (1 + shift)``, clamped to
     the model's range. The solver's own coefficients keep the unshifted sigmas.
     """
-    if not -0.5 < shift < 0.5:
+    if isinstance(shift, bool) or not isinstance(shift, int | float) or not -0.5 < shift < 0.5:
         raise ConfigError(f"time_shift must lie in (-0.5, 0.5), got {shift} (try 0.01-0.05)")
 
     def den(x: torch.Tensor, sigma: torch.Tensor, **cond: Any) -> torch.Tensor:
