@@ -8,6 +8,8 @@ at w = 7.5 on the same seeds, and DDIM trailing at w = 7.5 (two forwards per ste
 uncond batched) on the plain model is the training-free baseline at the same step counts.
 
     python benchmarks/mini_sd_student.py runs/mini-sd-student --out docs/results/mini_sd_student.md
+
+(The runs are searched for students after the baselines are done; wait for training to finish.)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", type=Path, nargs="+", help="student run folders (round-N inside)")
     ap.add_argument("--n", type=int, default=1000, help="report samples (seeds 0..n-1)")
+    ap.add_argument("--steps", type=int, nargs="+", default=[4, 8], help="DDIM baseline steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -55,19 +58,16 @@ def main() -> None:
         lines.append(line)
         print(line, flush=True)
 
-    found = []
-    for run in args.runs:
-        for student in sorted(run.glob("round-*/student.safetensors")):
-            found.append((run, student, int(student.parent.name.split("-")[1])))
     pipe.scheduler = Scheduler.from_config(config, solver="ddim", schedule="trailing")
-    for n in sorted({k for _, _, k in found}):
+    for n in args.steps:
         row("mini-sd, DDIM trailing, w = 7.5", n, 2 * n,
             score(generate(pipe, seeds, steps=n, guidance=GUIDANCE)))  # fmt: skip
-    for run, student, n in found:
-        folder = export_pipeline(student, run / f"pipeline-{n}")
-        spipe = load_pipeline(folder)
-        row(f"{run.name} round-{n} (diffusers DDIM, v, w = 1)", n, n,
-            score(generate(spipe, seeds, steps=n, guidance=1.0)))  # fmt: skip
+    for run in args.runs:  # the students found once the baselines are done
+        for student in sorted(run.glob("round-*/student.safetensors")):
+            n = int(student.parent.name.split("-")[1])
+            spipe = load_pipeline(export_pipeline(student, run / f"pipeline-{n}"))
+            row(f"{run.name} round-{n} (diffusers DDIM, v, w = 1)", n, n,
+                score(generate(spipe, seeds, steps=n, guidance=1.0)))  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")
