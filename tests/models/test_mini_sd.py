@@ -195,3 +195,18 @@ def test_style_finetune_data_keeps_one_style():
     assert thick.shape == thin.shape and not np.allclose(thick.mean(0), thin.mean(0))
     with pytest.raises(DiffspeedError, match="regular"):
         style_reference("bold")
+
+
+@pytest.mark.skipif(not (mini_sd_path() / "model_index.json").is_file(), reason="not shipped")
+def test_shipped_student_runs_in_a_plain_pipeline(monkeypatch):
+    from diffspeed.models import mini_sd_student_path, student_pipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert mini_sd_student_path().is_file()
+    pipe = student_pipeline()
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    out = pipe(
+        ["a handwritten seven", "a thin 3"], num_inference_steps=4, guidance_scale=1.0,
+        height=32, width=32, output_type="pt", generator=torch.Generator().manual_seed(0),
+    ).images  # fmt: skip
+    assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()

@@ -83,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW, cosine)")
     p.add_argument("--seed", type=int, default=0, help="seed of the captions and data order")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--ship", action="store_true", help="store the final student (int8) in the package"
+    )
     p.set_defaults(func=_train_student)
 
     p = sub.add_parser(
@@ -148,6 +151,10 @@ def _train_student(args: argparse.Namespace) -> int:
         folder = export_pipeline(student, Path(args.out) / f"pipeline-{n}")
         print(f"wrote {folder} (sample with num_inference_steps={n}, guidance_scale=1)")
     print(f"final student: {final}")
+    if args.ship:
+        from diffspeed.models.minisd.student import ship_student
+
+        print(f"shipped {ship_student(final)}")
     return 0
 
 

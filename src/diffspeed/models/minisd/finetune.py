@@ -10,12 +10,12 @@ style's real images (:func:`style_reference`).
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from diffspeed.atomic import atomic_dir
 from diffspeed.errors import unknown_name
 from diffspeed.models.minisd import data as msd
 from diffspeed.models.minisd.quality import load_pipeline, mini_sd_denoiser
@@ -84,9 +84,6 @@ def finetune_mini_sd(
         progress=progress,
     )
     pipe.unet = result.best.requires_grad_(False)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
     return out

@@ -8,11 +8,11 @@ predicts v and whose DDIM scheduler takes the student's trailing grid.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+from typing import Any
 
 from diffspeed.models.minisd.lora import GUIDANCE, lcm_lora_data
-from diffspeed.models.minisd.quality import load_pipeline, mini_sd_denoiser
+from diffspeed.models.minisd.quality import load_pipeline, mini_sd_denoiser, mini_sd_path
 
 
 def train_student(
@@ -69,24 +69,44 @@ def train_student(
                    progress=progress)  # fmt: skip
 
 
-def export_pipeline(student: str | Path, out: str | Path) -> Path:
-    """Write a diffusers pipeline folder: mini-sd with the student's UNet (v prediction) and a
-    trailing DDIM scheduler, sampled at ``guidance_scale=1`` with the student's step count."""
+def mini_sd_student_path() -> Path:
+    """The shipped 4-step progressive student of mini-sd (int8 UNet weights, diffspeed's
+    student format; :func:`student_pipeline` puts it into a diffusers pipeline)."""
+    return mini_sd_path().parent / "mini-sd-students" / "progressive-4.safetensors"
+
+
+def student_pipeline(student: str | Path | None = None) -> Any:
+    """mini-sd with a distilled student's UNet (v prediction) and a trailing ``DDIMScheduler``:
+    call it with ``guidance_scale=1`` and the student's step count (default student: the
+    shipped 4-step one, :func:`mini_sd_student_path`)."""
+    from diffusers import DDIMScheduler
+
+    from diffspeed.core.contract import network_of
     from diffspeed.distill import load_student
 
-    den, recipe = load_student(str(student))
-    from diffspeed.core.contract import network_of
-
-    unet = network_of(den)
+    den, _ = load_student(str(student or mini_sd_student_path()))
     pipe = load_pipeline()
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.unet = unet
-    pipe.scheduler = pipe.scheduler.__class__.from_config(
+    pipe.unet = network_of(den)
+    pipe.scheduler = DDIMScheduler.from_config(
         pipe.scheduler.config, prediction_type="v_prediction", timestep_spacing="trailing"
     )
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return pipe
+
+
+def export_pipeline(student: str | Path, out: str | Path) -> Path:
+    """Write :func:`student_pipeline` as a diffusers pipeline folder ``out`` (atomically)."""
+    from diffspeed.atomic import atomic_dir
+
+    pipe = student_pipeline(student)
+    with atomic_dir(Path(out)) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return Path(out)
+
+
+def ship_student(student: str | Path) -> Path:
+    """Store ``student`` (int8) as the package's :func:`mini_sd_student_path`."""
+    from diffspeed.distill.students import load_student, read_student_config, save_student
+
+    den, recipe = load_student(str(student))
+    info = read_student_config(student)["info"]
+    return save_student(mini_sd_student_path(), den, recipe, int8=True, **info)
