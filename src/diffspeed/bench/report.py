@@ -276,7 +276,8 @@ def plot_pareto(results: dict[str, Any], path: Path) -> Path:
     ylabel = "FDD" if key == "fdd" else "RMSE vs reference"
     ax.set_ylabel(f"{ylabel} (lower is better)")
     m = results.get("manifest", {})
-    title = f"speed vs quality — {m.get('device_name', '')}, {m.get('torch_threads', '?')} threads"
+    n = m.get("torch_threads", "?")
+    title = f"speed vs quality — {m.get('device_name', '')}, {n} thread{'' if n == 1 else 's'}"
     if timing_warning(results):
         title += " — BUSY MACHINE, latencies inflated"
     ax.set_title(title, fontsize=10)
@@ -390,10 +391,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> Path:
     warning = timing_warning(results)
     head = [f"> **Warning:** {warning}", ""] if warning else []
     notes = notes_of(results)
-    header, _ = table_cells(results)
     columns = ["Columns:", ""]
-    pairs = zip(header, columns_of(results), strict=True)
-    columns += [f"- **{h}**: {notes[c[0]]}" for h, c in pairs]
+    columns += [f"- **{c[0]}**: {notes[c[0]]}" for c in columns_of(results)]
     text = "\n".join(
         [
             "# diffspeed bench report",
@@ -457,8 +456,7 @@ def write_html(results: dict[str, Any], out: Path, pareto: Path, grid: Path) -> 
     warn = f'<p class="warning" id="warning">Warning: {_inline(warning)}</p>' if warning else ""
     notes = notes_of(results)
     dl = "".join(
-        f"<dt>{html.escape(h)}</dt><dd>{_inline(notes[c[0]])}</dd>"
-        for h, c in zip(header, columns_of(results), strict=True)
+        f"<dt>{html.escape(c[0])}</dt><dd>{_inline(notes[c[0]])}</dd>" for c in columns_of(results)
     )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>diffspeed bench report</title>
