@@ -3,7 +3,8 @@
 Each configuration runs in a fresh process: the embedded teacher's forward at batch 64 (what
 training and quality batches do) and a one-image 50-step DDIM sample (what the bench times),
 each ``--repeats`` times after a warm-up; wall time and process CPU time per call (median,
-min, max). The hog is ``benchmarks/bench_load_hog.py --threads 2``, started before and killed
+min, max). A configuration that does not finish within ``--timeout`` seconds is killed and
+reported as such. The hog is ``benchmarks/bench_load_hog.py --threads 2``, started before and killed
 after the loaded configurations.
 
     python benchmarks/bench_load.py --out benchmarks/results/bench_load.md
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -54,10 +56,16 @@ def worker(threads: int, repeats: int) -> dict:
     return out
 
 
-def _run_worker(threads: int, repeats: int) -> dict:
+def _run_worker(threads: int, repeats: int, timeout: float) -> dict | None:
+    """The worker's timings, or None when it did not finish within ``timeout`` seconds."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, __file__, "--worker", str(threads), "--repeats", str(repeats)]
-    got = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    try:
+        got = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, check=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return None
     return json.loads(got.stdout.strip().splitlines()[-1])
 
 
@@ -69,6 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=15, help="timed calls per workload")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds a configuration may take")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker is not None:
@@ -88,18 +97,27 @@ def main() -> None:
             time.sleep(3)
         try:
             for threads in (1, 2):
-                got = _run_worker(threads, args.repeats)
+                t0 = time.perf_counter()
+                got = _run_worker(threads, args.repeats, args.timeout)
                 loads[(hog, threads)] = os.getloadavg()[0]
+                if got is None:
+                    lines.append(
+                        f"| {'2-thread hog' if hog else 'no hog'} | {threads} | both | did not "
+                        f"finish in {time.perf_counter() - t0:.0f} s (killed) | - | - |"
+                    )
+                    print(lines[-1], flush=True)
+                    continue
                 for name, t in got.items():
                     med = statistics.median(t["wall"])
                     if not hog:
                         idle[(threads, name)] = med
-                    rel = med / idle[(threads, name)]
+                    rel = med / idle[(threads, name)] if (threads, name) in idle else math.nan
                     lines.append(
                         f"| {'2-thread hog' if hog else 'no hog'} | {threads} | {name} | "
                         f"{_ms(t['wall'])} | {1e3 * statistics.median(t['cpu']):.1f} | "
                         f"{rel:.2f}x |"
                     )
+                    print(lines[-1], flush=True)  # partial results survive an interrupted run
         finally:
             if proc is not None:
                 proc.kill()

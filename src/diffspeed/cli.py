@@ -22,9 +22,9 @@ COMMAND_MODULES = (
 )
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every option's default in its help (unless the help already says its default, the
-    option is a flag or its default is None), descriptions and epilogs kept as written."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, unless the help already says its default, the
+    option is a flag or its default is None."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
