@@ -288,7 +288,8 @@ def plot_pareto(results: dict[str, Any], path: Path) -> Path:
         x=[p[0] for p in pts],
         y=[p[1] for p in pts],
         ax=ax,
-        expand=(1.15, 1.4),
+        expand=(1.3, 1.7),
+        force_static=(0.4, 0.8),
         arrowprops={"arrowstyle": "-", "color": "#888888", "lw": 0.5},
     )
     fig.tight_layout()
