@@ -85,7 +85,7 @@ def main() -> None:
         return
     lines = [
         "| machine | threads | workload | wall ms median (min-max) | CPU ms median | "
-        "wall vs idle |",
+        "wall vs no hog |",
         "|---|---|---|---|---|---|",
     ]
     idle: dict[tuple[int, str], float] = {}
