@@ -462,6 +462,7 @@ def _summary(results: dict[str, Any]) -> list[str]:
     shares = base.get("shares") or {}
     split = ", ".join(f"{p} {100 * shares[p]:.1f} %" for p in PARTS if p in shares)
     score = results.get("scoring")
+    basis = "CPU time" if results["timing"]["speedup_basis"] == "cpu" else "time"
     return [
         f"{m['pipeline']} from {m['model']}, {m['image_size'][0]}x{m['image_size'][1]} images; "
         f"{s['samples']} samples per row (seeded latents, "
@@ -469,10 +470,10 @@ def _summary(results: dict[str, Any]) -> list[str]:
         + f"), guidance {s['guidance']}, quality batches of {s['batch_size']}",
         f"latency: end to end (text encoding, denoising loop, VAE decode) per image of a "
         f"batch of {s['timing_batch']}; {s['warmup']} warm-up call(s) per row, then "
-        f"{s['repeats']} rounds, each timing every row once; median over rounds; "
+        f"{results['timing']['rounds']} rounds, each timing every row once; median over rounds; "
         f"{m['torch_threads']} torch threads, {m['device']} ({m['device_name']})",
-        f"speedup: median over rounds of `{results['baseline']}`'s time in that round / the "
-        "row's time",
+        f"speedup: median over rounds of `{results['baseline']}`'s {basis} in that round / the "
+        f"row's {basis}",
         f"where `{results['baseline']}`'s time goes: {split}",
         f"fidelity reference: {ref['solver']} {ref['steps']} steps {ref['schedule']} "
         f"({ref['nfe']} NFE) from the same latents and prompts"

@@ -343,17 +343,19 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
     m = results.get("manifest", {})
     s = results.get("settings", {})
     ref = results.get("reference", {})
+    rounds = (results.get("timing") or {}).get("rounds", s.get("repeats"))
+    basis = "CPU time" if speedup_basis(results) == "cpu" else "time"
     v = m.get("versions", {})
     git = m.get("git", {})
     out = [
         f"- {s.get('samples')} samples per row (seed {s.get('seed')}, the model's example "
         f"conditions), guidance {s.get('guidance')}, quality batches of {s.get('batch_size')}",
-        f"- latency: {s.get('warmup')} warm-up, then {s.get('repeats')} round-robin rounds (each "
+        f"- latency: {s.get('warmup')} warm-up, then {rounds} round-robin rounds (each "
         "times every row once, in a shuffled order, the baseline included; median) of a batch of "
-        f"{s.get('timing_batch')}, {m.get('torch_threads')} torch threads, "
+        f"{s.get('timing_batch')}, {m.get('torch_threads')} torch thread(s), "
         f"{m.get('device')} ({m.get('device_name')}), {m.get('processes')} process(es)",
-        f"- speedup: median over rounds of `{results.get('baseline')}`'s time in that round / the "
-        "row's time",
+        f"- speedup: median over rounds of `{results.get('baseline')}`'s {basis} in that round / "
+        f"the row's {basis}",
         f"- fidelity reference: {ref.get('solver')} {ref.get('steps')} steps "
         f"{ref.get('schedule')} (digest {ref.get('digest')})"
         + (f", its FDD {ref['fdd']:.3f}" if ref.get("fdd") is not None else ""),
