@@ -205,43 +205,104 @@ def _quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _solver_help() -> str:
+    from diffspeed.solvers import SOLVERS
+
+    return "sampler: " + ", ".join(SOLVERS.names())
+
+
+def _schedule_help() -> str:
+    from diffspeed.solvers import SCHEDULES
+
+    return (
+        "step schedule: " + ", ".join(SCHEDULES.names()) + ", or a JSON file from "
+        "'diffspeed tune-schedule' (default: the solver's own)"
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the core commands."""
-    p = sub.add_parser("train-teacher", help="train the embedded digits teacher (CPU)")
-    p.add_argument("--out", type=Path, default=Path("runs/teacher/teacher.safetensors"))
-    p.add_argument("--steps", type=int, default=8000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p = sub.add_parser(
+        "train-teacher",
+        help="train the embedded digits teacher (CPU)",
+        description="Train the embedded teacher (a class-conditional diffusers UNet2DModel on "
+        "8x8 digits) from scratch; an interrupted run resumes from its checkpoint.",
+        epilog="example: diffspeed train-teacher --steps 8000",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/teacher/teacher.safetensors"),
+        help="weights file to write (a .json with the training record goes next to it)",
+    )
+    p.add_argument("--steps", type=int, default=8000, help="optimisation steps")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.set_defaults(func=_train_teacher)
 
-    p = sub.add_parser("train-classifier", help="train the metric network (FDD, accuracy)")
-    p.add_argument("--out", type=Path, default=Path("runs/classifier/classifier.safetensors"))
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p = sub.add_parser(
+        "train-classifier",
+        help="train the metric network (FDD, accuracy)",
+        description="Train the digits classifier whose features FDD and KID use and whose "
+        "predictions give class accuracy.",
+        epilog="example: diffspeed train-classifier --epochs 60",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/classifier/classifier.safetensors"),
+        help="weights file to write",
+    )
+    p.add_argument("--epochs", type=int, default=60, help="passes over the training digits")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=_train_classifier)
 
-    p = sub.add_parser("sample", help="sample digits from the teacher into a PNG grid")
-    p.add_argument("--solver", default="ddim")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--schedule", default=None, help="schedule name or tune-schedule JSON")
-    p.add_argument("--guidance", type=float, default=2.0)
-    p.add_argument("--labels", default="0-9")
-    p.add_argument("--per-label", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--teacher", type=Path, default=None, help="teacher .safetensors")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=Path("grid.png"))
+    p = sub.add_parser(
+        "sample",
+        help="sample digits from the teacher into a PNG grid",
+        description="Sample digits from the teacher with any solver and schedule and save "
+        "them as a PNG grid, one row per label.",
+        epilog="example: diffspeed sample --solver dpmpp_2m --steps 8 --out grid.png",
+    )
+    p.add_argument("--solver", default="ddim", help=_solver_help())
+    p.add_argument("--steps", type=int, default=50, help="solver steps")
+    p.add_argument("--schedule", default=None, help=_schedule_help())
+    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
+    p.add_argument(
+        "--labels", default="0-9", help="digits to draw: a range (0-9) or a list (1,3,5)"
+    )
+    p.add_argument("--per-label", type=int, default=8, help="samples per label")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the first sample")
+    p.add_argument(
+        "--teacher", type=Path, default=None, help="teacher .safetensors (default: embedded)"
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG file to write")
     p.set_defaults(func=_sample)
 
-    p = sub.add_parser("quality", help="teacher FDD / KID / accuracy vs guidance and the floor")
+    p = sub.add_parser(
+        "quality",
+        help="teacher FDD / KID / accuracy vs guidance and the floor",
+        description="Score the teacher: FDD, KID and class accuracy for several guidance "
+        "scales on validation seeds, the reference set's scores and the real-vs-real floor.",
+        epilog="example: diffspeed quality --guidance 1.0 1.25 2.0 --grid teacher.png",
+    )
     p.add_argument("--n", type=int, default=1000, help="reference-set size")
     p.add_argument("--n-val", type=int, default=500, help="validation samples per scale")
-    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
-    p.add_argument("--teacher", type=Path, default=None)
+    p.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=[1.0, 1.5, 2.0, 3.0, 4.0],
+        help="guidance scales to score",
+    )
+    p.add_argument(
+        "--teacher", type=Path, default=None, help="teacher .safetensors (default: embedded)"
+    )
     p.add_argument("--grid", type=Path, default=None, help="write a PNG grid of samples")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=_quality)

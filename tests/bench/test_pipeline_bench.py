@@ -77,15 +77,18 @@ def test_bench_through_the_pipeline_writes_the_report(sd_folder, tmp_path, capsy
         for key in ("latency_s", "speedup", "psnr", "rmse"):
             assert math.isfinite(rec[key]) and rec[key] > 0, (rec["name"], key)
         assert rec["fdd"] is None and rec["accuracy"] is None  # not an embedded model
-        assert len(rec["timing"]["runs_s"]) == 2 and rec["timing"]["batch"] == 2
+        # 2 rounds, up to 6 while the per-round ratios spread (a busy machine)
+        assert len(rec["timing"]["runs_s"]) == res["timing"]["rounds"] in range(2, 7)
+        assert rec["timing"]["batch"] == 2 and rec["cpu_s"] > 0 and rec["peak_mem_bytes"] > 0
         assert sum(rec["shares"].values()) == pytest.approx(1.0)
         assert min(rec["shares"].values()) > 0
     assert rows["ddim-4"]["speedup"] == 1.0
     for name in ("report.md", "pareto.png", "grid.png", "index.html"):
         assert (out / name).stat().st_size > 500, name
     md = (out / "report.md").read_text()
-    header = "| method | family | NFE | ms/img | speedup | FDD | FDD/ref | acc % | PSNR dB | RMSE |"
-    assert header in md and "diffusers DPM++2M-3" in md
+    header = "| method | family | NFE | ms/img | CPU ms/img | speedup"
+    assert header in md and "| +-% | FDD | FDD/ref | acc % | PSNR dB | RMSE |" in md
+    assert "diffusers DPM++2M-3" in md
     assert "where `ddim-4`'s time goes: text encoding" in md and "VAE decode" in md
     for column in ("ms/img", "speedup", "PSNR dB", "RMSE", "FDD", "acc %"):
         assert f"- **{column}**: " in md, column

@@ -1,6 +1,7 @@
 """Round-robin timing: order shuffled per round with the baseline in every round, speedups as
 the median of per-round ratios (a fake clock stands in for time)."""
 
+import pytest
 import torch
 
 from diffspeed.bench.timing import round_robin
@@ -60,3 +61,48 @@ def test_self_timed_calls_report_their_own_seconds():
     )  # fmt: skip
     assert got["base"].speedup == 1.0 and got["base"].runs_s == (2.0, 2.0, 2.0)
     assert got["fast"].speedup == 2.0 and got["fast"].median_s == 1.0
+
+
+def test_cpu_time_ratios_ignore_time_other_processes_hold_the_core():
+    wall, cpu = [0.0], [0.0]
+    cost = {"base": 10.0, "fast": 2.0}
+    stolen = iter([0.0, 0.0, 30.0, 0.0, 0.0, 5.0, 9.0, 0.0])  # another process's time slices
+
+    def call(name):
+        def fn():
+            cpu[0] += cost[name]
+            wall[0] += cost[name] + next(stolen, 0.0)
+
+        return fn
+
+    got = round_robin(
+        {n: call(n) for n in cost}, baseline="base", device=torch.device("cpu"), warmup=0,
+        rounds=4, clock=lambda: wall[0], cpu_clock=lambda: cpu[0],
+    )  # fmt: skip
+    assert got["fast"].cpu_ratios == (5.0,) * 4 and got["fast"].cpu_speedup == 5.0
+    assert got["fast"].cpu_spread == 0.0 and got["fast"].cpu_median_s == 2.0
+    assert set(got["fast"].ratios) != {5.0}  # the wall ratios moved with the stolen time
+
+
+def test_short_calls_repeat_and_spread_adds_rounds():
+    now, calls = [0.0], {"base": 0, "tiny": 0}
+    noise = iter([0.0, 0.0, 0.0, 0.0, 6.0, 0.0] + [0.0] * 100)  # one disturbed measurement
+
+    def call(name, cost):
+        def fn():
+            calls[name] += 1
+            now[0] += cost + (next(noise) if name == "tiny" else 0.0)
+
+        return fn
+
+    got = round_robin(
+        {"base": call("base", 1.0), "tiny": call("tiny", 0.01)}, baseline="base",
+        device=torch.device("cpu"), warmup=1, rounds=3, max_rounds=6, spread_limit=0.05,
+        min_call_s=0.1, clock=lambda: now[0],
+    )  # fmt: skip
+    # tiny: 1 warm-up call, then 10 calls per measurement (0.1 s / 0.01 s)
+    assert calls["tiny"] == 1 + 10 * len(got["tiny"].runs_s)
+    assert calls["base"] == 1 + len(got["base"].runs_s)
+    # the disturbed round spreads the ratios, so rounds were added beyond the first 3
+    assert len(got["tiny"].runs_s) > 3
+    assert got["tiny"].median_s == pytest.approx(0.01)

@@ -28,9 +28,14 @@ def test_results_hold_every_number(tiny_report):
         for key in ("latency_s", "fdd", "kid", "accuracy", "psnr", "rmse", "speedup"):
             assert math.isfinite(rec[key]), (rec["name"], key)
         assert rec["latency_s"] > 0 and rec["model_size_bytes"] > 1_000_000
-        assert rec["peak_mem_bytes"] is not None and rec["timing"]["batch"] == 1
+        assert rec["peak_mem_bytes"] > 0 and rec["timing"]["batch"] == 1  # never 0 for a run
+        assert rec["peak_mem_kind"] in ("rss_hwm", "rss_poll", "cuda_allocated")
+        assert rec["cpu_s"] > 0 and rec["spread"] >= 0 and rec["cpu_speedup"] > 0
         x = load_weights(out / rec["samples_file"])["samples"]
         assert x.shape == (20, 1, 8, 8)
+    t = res["timing"]
+    assert t["threads"] == 1 and len(t["load_average"]) == 2 and t["rounds"] >= 1
+    assert t["speedup_basis"] in ("wall", "cpu") and (t["warning"] is None) == (not t["busy"])
     m = res["manifest"]
     for key in ("versions", "torch_threads", "device", "seeds", "git", "reference_digest"):
         assert key in m

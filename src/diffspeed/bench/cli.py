@@ -53,12 +53,15 @@ def _uncond(text: str) -> dict[str, Any]:
 def _print(results: dict[str, Any], out: Path) -> None:
     from rich.console import Console
 
-    from diffspeed.bench.report import rich_table
+    from diffspeed.bench.report import rich_table, timing_warning
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=180)
     console.print(rich_table(results))
+    warning = timing_warning(results)
+    if warning:
+        console.print(f"WARNING: {warning}", style="bold yellow", markup=False)
     console.print(f"report: {Path(out) / 'index.html'} (and report.md, results.json)")
 
 
@@ -150,11 +153,29 @@ def _bench(args: argparse.Namespace) -> int:
     return _run(replace(plan, rows=rows), args)
 
 
-def _common(p: argparse.ArgumentParser, out: str) -> None:
+#: What each settings override means (the ``--help`` text).
+_OVERRIDE_HELP = {
+    "samples": "images per row for the quality columns",
+    "seed": "reference-set seed (sample i has noise seed seed * 1000003 + i)",
+    "guidance": "default classifier-free guidance scale of the rows and the reference",
+    "batch_size": "images per generation call for the quality samples",
+    "warmup": "untimed warm-up calls per row before timing",
+    "repeats": "round-robin timing rounds (up to three times as many while ratios spread)",
+    "timing_batch": "images per timed call (latency per image = time / this)",
+    "threads": "torch intra-op threads; 1 keeps a shared machine's timings honest",
+}
+
+
+def _common(p: argparse.ArgumentParser, out: str, settings: str) -> None:
     p.add_argument("--out", type=Path, default=Path(out), help="report folder")
     for key, typ in _OVERRIDES:
         flag = "--" + key.replace("_", "-")
-        p.add_argument(flag, type=typ, default=None, help=f"override settings.{key}")
+        p.add_argument(
+            flag,
+            type=typ,
+            default=None,
+            help=f"{_OVERRIDE_HELP[key]} (default: settings.{key} of {settings})",
+        )
     p.add_argument("--no-resume", action="store_true", help="recompute rows already finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
@@ -173,7 +194,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run every method on the embedded teacher and write diffspeed-report/",
         description="Every acceleration method of diffspeed on the embedded digits teacher, "
-        "timed and scored side by side (rows: diffspeed/bench/demo.toml).",
+        "timed and scored side by side (rows: diffspeed/bench/demo.toml). Rows are timed "
+        "round-robin against the baseline; on a busy machine the report says so and takes "
+        "speedups from process CPU time.",
+        epilog="example: diffspeed demo --threads 1 --out diffspeed-report",
     )
     p.add_argument(
         "--model",
@@ -181,8 +205,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="digits (default: the quick digits run), mini-sd (its pipeline rows: "
         "diffspeed/bench/demo_mini_sd.toml) or a diffusers text-to-image pipeline folder",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
-    _common(p, "diffspeed-report")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1, ... (default: cpu; under accelerate launch, the process's device)",
+    )
+    _common(p, "diffspeed-report", "demo.toml")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser(
@@ -190,22 +218,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="benchmark configurations from a TOML file or --row",
         description="Benchmark rows (solver, steps, schedule, guidance, cache, peer, student...) "
         "on the embedded teacher or your model; finished rows are kept on re-runs.",
+        epilog="example: diffspeed bench --threads 1 --row solver=heun,steps=5 "
+        "--row peer=UniPCMultistepScheduler,steps=8",
     )
-    p.add_argument("config", nargs="?", type=Path, help="bench TOML ([settings], [[row]])")
+    p.add_argument(
+        "config",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="bench TOML ([settings], [[row]]); without it, --row rows with default settings",
+    )
     p.add_argument(
         "--row",
         action="append",
         default=[],
         metavar="KEY=VALUE,...",
         help="a row, e.g. solver=heun,steps=5,schedule=karras or peer=UniPCMultistepScheduler,"
-        "steps=8 (repeatable)",
+        "steps=8 (repeatable; keys: name, method, solver, steps, schedule, guidance, cache.*, "
+        "student, peer, options.*, schedule_options.*)",
     )
     p.add_argument(
         "--model",
         default=None,
         help="a shipped model (digits, mini-sd), a diffusers text-to-image pipeline folder "
         "(model_index.json; safetensors only), a teacher .safetensors, a diffusers folder "
-        "(unet/ + scheduler/) or module:function",
+        "(unet/ + scheduler/) or module:function (default: digits)",
     )
     p.add_argument("--shape", default=None, help="C,H,W of an image (import-path models)")
     p.add_argument(
@@ -215,6 +252,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the model's unconditional inputs for guidance when it does not declare them, "
         "as {cond key: value} (e.g. the null class of a class-conditional diffusers UNet)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
-    _common(p, "diffspeed-report")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1, ... (default: cpu; under accelerate launch, the process's device)",
+    )
+    _common(p, "diffspeed-report", "the TOML file, else the defaults")
     p.set_defaults(func=_bench)

@@ -154,9 +154,12 @@ class BenchSettings:
         guidance: default classifier-free guidance scale of rows and of the reference (the
             teacher's recommended scale by default).
         batch_size: images per generation call for the quality samples.
-        warmup, repeats: timing: un-timed warm-up runs, then the median of ``repeats`` runs.
+        warmup, repeats: timing: un-timed warm-up runs, then ``repeats`` round-robin rounds
+            (up to three times as many while some row's per-round ratios spread).
         timing_batch: images per timed run (latency per image = time / timing_batch).
-        threads: torch intra-op threads (fixed and recorded).
+        threads: torch intra-op threads (fixed and recorded; 1 by default: bench calls are
+            small, and a second thread on a shared machine makes timings collapse, see
+            docs/results/bench_load.md).
         reference_solver, reference_steps, reference_schedule: the high-accuracy sampler
             the fidelity (PSNR / RMSE) reference comes from.
         baseline: the row every speedup is measured against (the teacher's 50-step DDIM).
@@ -172,7 +175,7 @@ class BenchSettings:
     warmup: int = 1
     repeats: int = 5
     timing_batch: int = 1
-    threads: int = 2
+    threads: int = 1
     reference_solver: str = "heun"
     reference_steps: int = 100
     reference_schedule: str = "karras"

@@ -31,7 +31,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,14 @@ from typing import Any
 import torch
 
 from diffspeed.bench.config import BenchPlan, BenchSettings, Row, load_plan
-from diffspeed.bench.timing import PeakMemory, round_robin, synchronize
+from diffspeed.bench.timing import (
+    SPREAD_LIMIT,
+    LoadCheck,
+    PeakMemory,
+    load_average,
+    round_robin,
+    synchronize,
+)
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError, unknown_name
 from diffspeed.models.io import atomic_write_json, load_weights, param_bytes, save_weights
 from diffspeed.progress import Progress
@@ -307,19 +314,20 @@ class PipelineRun:
 
 
 def _images(run: PipelineRun, row: PipelineRow, s: BenchSettings, bar: Progress) -> tuple:
-    """Every sample of ``row`` in quality batches, the peak memory over the first batch."""
-    parts, peak = [], None
+    """Every sample of ``row`` in quality batches, the peak memory of one batch (the
+    largest after the first when there are several: the first pays one-time costs)."""
+    parts, peaks = [], []
     task = bar.add(row.label, s.samples)
     with row.installed(run.pipe):
         for a in range(0, s.samples, s.batch_size):
             b = min(a + s.batch_size, s.samples)
-            meter = PeakMemory(run.device) if peak is None else nullcontext()
-            with meter:
+            with PeakMemory(run.device) as meter:
                 parts.append(run.generate(row, a, b))
-            if peak is None:
-                peak = meter
+            peaks.append(meter)
             bar.advance(task, b - a)
     bar.remove(task)
+    # the first batch pays one-time costs (lazy initialisation), so it counts only when alone
+    peak = max(peaks[1:] or peaks, key=lambda m: m.peak_bytes)
     return torch.cat(parts), peak, run.nfe()
 
 
@@ -348,30 +356,39 @@ def _timings(run: PipelineRun, rows: list[PipelineRow], s: BenchSettings) -> dic
     k = min(s.timing_batch, s.samples)
     shares: dict[str, list[tuple[float, float, float]]] = {r.label: [] for r in rows}
 
-    def call(row: PipelineRow) -> Callable[[], float]:
-        def fn() -> float:
+    def call(row: PipelineRow) -> Callable[[], tuple[float, float]]:
+        def fn() -> tuple[float, float]:
             with row.installed(run.pipe), _Parts(run.pipe, run.device) as parts:
                 synchronize(run.device)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 run.generate(row, 0, k)
                 synchronize(run.device)
-                total = time.perf_counter() - t0
+                total, cpu = time.perf_counter() - t0, time.process_time() - c0
             loop = total - parts.text_s - parts.vae_s
             shares[row.label].append((parts.text_s / total, loop / total, parts.vae_s / total))
-            return total
+            return total, cpu
 
         return fn
 
+    load_start = load_average()
     timed = round_robin(
         {r.label: call(r) for r in rows}, baseline=rows[0].label, device=run.device,
-        warmup=s.warmup, rounds=s.repeats, seed=s.seed, self_timed=True,
+        warmup=s.warmup, rounds=s.repeats, max_rounds=3 * s.repeats, spread_limit=SPREAD_LIMIT,
+        seed=s.seed, self_timed=True,
     )  # fmt: skip
-    out = {}
+    check = LoadCheck.of(
+        timed, loads=(load_start, load_average()), threads=s.threads, device=run.device
+    )
+    out: dict[str, Any] = {"_check": check}
     for r in rows:
         got = shares[r.label][s.warmup :]
         t = timed[r.label]
+        cpu_basis = check.basis == "cpu"
         out[r.label] = {
-            "median_s": t.median_s, "runs_s": list(t.runs_s), "speedup": t.speedup, "batch": k,
+            "median_s": t.median_s, "cpu_median_s": t.cpu_median_s, "batch": k,
+            "timing": t.to_dict(), "wall_speedup": t.speedup, "cpu_speedup": t.cpu_speedup,
+            "speedup": t.cpu_speedup if cpu_basis else t.speedup,
+            "spread": t.cpu_spread if cpu_basis else t.spread,
             "shares": {part: statistics.median(v[i] for v in got) for i, part in enumerate(PARTS)},
         }  # fmt: skip
     return out
@@ -445,6 +462,7 @@ def _summary(results: dict[str, Any]) -> list[str]:
     shares = base.get("shares") or {}
     split = ", ".join(f"{p} {100 * shares[p]:.1f} %" for p in PARTS if p in shares)
     score = results.get("scoring")
+    basis = "CPU time" if results["timing"]["speedup_basis"] == "cpu" else "time"
     return [
         f"{m['pipeline']} from {m['model']}, {m['image_size'][0]}x{m['image_size'][1]} images; "
         f"{s['samples']} samples per row (seeded latents, "
@@ -452,10 +470,10 @@ def _summary(results: dict[str, Any]) -> list[str]:
         + f"), guidance {s['guidance']}, quality batches of {s['batch_size']}",
         f"latency: end to end (text encoding, denoising loop, VAE decode) per image of a "
         f"batch of {s['timing_batch']}; {s['warmup']} warm-up call(s) per row, then "
-        f"{s['repeats']} rounds, each timing every row once; median over rounds; "
+        f"{results['timing']['rounds']} rounds, each timing every row once; median over rounds; "
         f"{m['torch_threads']} torch threads, {m['device']} ({m['device_name']})",
-        f"speedup: median over rounds of `{results['baseline']}`'s time in that round / the "
-        "row's time",
+        f"speedup: median over rounds of `{results['baseline']}`'s {basis} in that round / the "
+        f"row's {basis}",
         f"where `{results['baseline']}`'s time goes: {split}",
         f"fidelity reference: {ref['solver']} {ref['steps']} steps {ref['schedule']} "
         f"({ref['nfe']} NFE) from the same latents and prompts"
@@ -550,15 +568,22 @@ def run_pipeline_bench(
         task = bar.add("timing (round-robin)", 1)
         timed = _timings(run, rows, s)
         bar.advance(task)
+    check = timed.pop("_check")
+    results["timing"] = {**check.to_dict(), "rounds": len(timed[rows[0].label]["timing"]["runs_s"])}
     ref_fdd = results["reference"].get("fdd")
     for row in rows:
         rec, t = results["rows"][row.label], timed[row.label]
         fdd = rec.get("fdd")
+        cpu = t["cpu_median_s"]
         rec.update(
             latency_s=t["median_s"] / t["batch"],
+            cpu_s=cpu / t["batch"] if cpu is not None else None,
             speedup=t["speedup"],
+            wall_speedup=t["wall_speedup"],
+            cpu_speedup=t["cpu_speedup"],
+            spread=t["spread"],
             shares=t["shares"],
-            timing={"runs_s": t["runs_s"], "batch": t["batch"], "warmup": s.warmup},
+            timing={**t["timing"], "batch": t["batch"], "warmup": s.warmup},
             fdd_vs_reference=fdd / ref_fdd if fdd is not None and ref_fdd else None,
         )
     results["wall_s"] = time.perf_counter() - t_start

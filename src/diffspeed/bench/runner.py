@@ -41,7 +41,14 @@ from diffspeed.bench.methods import (
     family_of,
     load_method_modules,
 )
-from diffspeed.bench.timing import PeakMemory, round_robin
+from diffspeed.bench.timing import (
+    MIN_CALL_S,
+    SPREAD_LIMIT,
+    LoadCheck,
+    PeakMemory,
+    load_average,
+    round_robin,
+)
 from diffspeed.core.contract import DenoiserLike, innermost, network_of
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError, unknown_name
 from diffspeed.eval.reference import Reference, ReferenceSpec, reference_set
@@ -449,17 +456,17 @@ def _run_row(
     batches = [(i, min(i + s.batch_size, s.samples)) for i in range(0, s.samples, s.batch_size)]
     seeds, select = ref.spec.seeds(), ctx.cond_spec.select
     parts = []
-    peak = None
+    peaks: list[PeakMemory] = []
     task = bar.add(row.label, s.samples)
     with state.split_between_processes(batches) as mine:
         for a, b in mine:
-            meter = PeakMemory(ctx.device) if peak is None else nullcontext()
-            with meter:
+            with PeakMemory(ctx.device) as meter:
                 x = gen.generate(ref.noise[a:b], select(ref.cond, slice(a, b)), seeds[a:b])
-            if peak is None:
-                peak = meter
+            peaks.append(meter)
             parts.append((a, x.detach().float().cpu().numpy()))
             bar.advance(task, b - a)
+    # the first batch pays one-time costs (lazy initialisation), so it counts only when alone
+    peak = max(peaks[1:] or peaks, key=lambda m: m.peak_bytes) if peaks else None
     parts = _gather(parts, state.num_processes)
     bar.remove(task)
     if not state.is_main_process:
@@ -491,7 +498,8 @@ def _run_row(
 
 def _time_rows(rows, gens, ctx, ref, s: BenchSettings, results: dict[str, Any], bar) -> None:
     """Latency of every row (kept rows too), timed round-robin against the baseline: each of
-    ``s.repeats`` rounds times every row once on ``timing_batch`` images, in a shuffled order."""
+    ``s.repeats`` rounds (more, up to three times as many, while ratios spread) times every row
+    once on ``timing_batch`` images, in a shuffled order; wall and process CPU time."""
     k = min(s.timing_batch, s.samples)
     noise, cond, seeds = (
         ref.noise[:k],
@@ -503,18 +511,27 @@ def _time_rows(rows, gens, ctx, ref, s: BenchSettings, results: dict[str, Any], 
         return lambda: gen.generate(noise, cond, seeds[:k])
 
     task = bar.add("timing (round-robin)", 1)
+    load_start = load_average()
     timed = round_robin(
         {row.label: call(gens[row.label]) for row in rows},
         baseline=results["baseline"], device=ctx.device, warmup=s.warmup, rounds=s.repeats,
-        seed=s.seed,
+        max_rounds=3 * s.repeats, spread_limit=SPREAD_LIMIT, min_call_s=MIN_CALL_S, seed=s.seed,
     )  # fmt: skip
+    check = LoadCheck.of(
+        timed, loads=(load_start, load_average()), threads=s.threads, device=ctx.device
+    )
     bar.advance(task)
     for label, t in timed.items():
         rec = results["rows"][label]
         rec["latency_s"] = t.median_s / k
+        rec["cpu_s"] = t.cpu_median_s / k if t.cpu_median_s is not None else None
         rec["timing"] = {**t.to_dict(), "batch": k, "warmup": s.warmup}
-        rec["speedup"] = t.speedup
-    results["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        rec["wall_speedup"] = t.speedup
+        rec["cpu_speedup"] = t.cpu_speedup
+        rec["spread"] = t.cpu_spread if check.basis == "cpu" else t.spread
+        rec["speedup"] = t.cpu_speedup if check.basis == "cpu" else t.speedup
+    results["timing"] = {**check.to_dict(), "rounds": len(timed[results["baseline"]].runs_s)}
+    results["load_average"] = check.load_end
 
 
 def _add_ratios(results: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 from diffspeed.core.steps import StepContext
 from diffspeed.errors import ConfigError
 
-from .hooks import CacheRuntime
+from .hooks import CacheRuntime, compiler_disabled
 
 Stream = tuple[torch.Tensor | None, ...]
 
@@ -104,24 +104,24 @@ class BlockCacheRuntime(CacheRuntime):
     # The engine's decisions and bookkeeping read Python state (the step index, histories,
     # thresholds): they run eagerly, so under torch.compile the graphs hold only the blocks'
     # tensor math and no guard on the step index triggers a recompile per step.
-    @torch.compiler.disable
+    @compiler_disabled
     def _skip(self, stream: Stream) -> Any:
         self.skipping = True
         return self.adapter.pack(_add(stream, self.approximation()))
 
-    @torch.compiler.disable
+    @compiler_disabled
     def _decide_before(self, args: tuple, kwargs: dict, stream: Stream) -> bool:
         return self.skip_from == 0 and self.skip_before(args, kwargs) and self.can_skip(stream)
 
-    @torch.compiler.disable
+    @compiler_disabled
     def _decide_after(self, stream: Stream, out_stream: Stream) -> bool:
         return self.skip_after(stream[-1], out_stream[-1]) and self.can_skip(out_stream)
 
-    @torch.compiler.disable
+    @compiler_disabled
     def _record(self, residual: Stream) -> None:
         self.on_full(residual)
 
-    @torch.compiler.disable
+    @compiler_disabled
     def _start_full(self, stream: Stream) -> None:
         self.full += 1
         self.seg_in = stream

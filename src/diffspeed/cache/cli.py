@@ -100,36 +100,81 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--solver", default="ddim")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--schedule", default=None)
-    p.add_argument("--guidance", type=float, default=2.0)
-    p.add_argument("--teacher", type=Path, default=None, help="teacher .safetensors")
-    p.add_argument("--threads", type=int, default=2)
+    from diffspeed.solvers import SCHEDULES, SOLVERS
+
+    p.add_argument("--solver", default="ddim", help="sampler: " + ", ".join(SOLVERS.names()))
+    p.add_argument("--steps", type=int, default=50, help="solver steps")
+    p.add_argument(
+        "--schedule",
+        default=None,
+        help="step schedule: " + ", ".join(SCHEDULES.names()) + " (default: the solver's own)",
+    )
+    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
+    p.add_argument(
+        "--teacher", type=Path, default=None, help="teacher .safetensors (default: embedded)"
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+
+
+def _method_names() -> list[str]:
+    from diffspeed.cache import CACHES
+
+    return [n for n in CACHES.names() if CACHES[n].method == n]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``diffspeed cache {methods,calibrate,sample}``."""
-    p = sub.add_parser("cache", help="feature caching: list methods, calibrate, sample")
+    p = sub.add_parser(
+        "cache",
+        help="feature caching: list methods, calibrate, sample",
+        description="Feature caches reuse parts of the network's work between steps. List "
+        "the methods, calibrate one to a PSNR target on the teacher, or sample with one.",
+        epilog="example: diffspeed cache calibrate deepcache --target-psnr 30",
+    )
     cs = p.add_subparsers(dest="cache_command", metavar="SUBCOMMAND", required=True)
 
-    q = cs.add_parser("methods", help="list cache methods, their fields and supported models")
+    q = cs.add_parser(
+        "methods",
+        help="list cache methods, their fields and supported models",
+        description="List every cache method with its config fields (and defaults) and the "
+        "model kinds it supports.",
+        epilog="example: diffspeed cache methods",
+    )
     q.set_defaults(func=_methods)
 
-    q = cs.add_parser("calibrate", help="pick the interval/threshold meeting a PSNR target")
-    q.add_argument("method")
-    q.add_argument("--target-psnr", type=float, default=30.0)
+    names = ", ".join(_method_names())
+    q = cs.add_parser(
+        "calibrate",
+        help="pick the interval/threshold meeting a PSNR target",
+        description="Try a method's reuse interval or threshold from cautious to aggressive on "
+        "calibration noises and keep the most aggressive one whose samples stay above the "
+        "PSNR target (against the same sampler without the cache).",
+        epilog="example: diffspeed cache calibrate teacache --target-psnr 30 --out teacache.json",
+    )
+    q.add_argument("method", metavar="METHOD", help=f"cache method: {names}")
+    q.add_argument("--target-psnr", type=float, default=30.0, help="lowest acceptable PSNR (dB)")
     q.add_argument("--n", type=int, default=20, help="calibration samples (seeds 900000..)")
     q.add_argument("--fixed", default="{}", help='other fields as JSON, e.g. {"branch": 1}')
     q.add_argument("--out", type=Path, default=None, help="write the chosen config JSON here")
     _common(q)
     q.set_defaults(func=_calibrate)
 
-    q = cs.add_parser("sample", help="sample teacher digits with a cache installed")
-    q.add_argument("config", help='config JSON or a .json file, e.g. {"method":"deepcache"}')
-    q.add_argument("--labels", default="0-9")
-    q.add_argument("--per-label", type=int, default=8)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", type=Path, default=Path("cache_grid.png"))
+    q = cs.add_parser(
+        "sample",
+        help="sample teacher digits with a cache installed",
+        description="Sample digits from the teacher with a cache installed and save a PNG "
+        "grid whose title says how many evaluations ran in full.",
+        epilog='example: diffspeed cache sample \'{"method": "deepcache", "interval": 3}\'',
+    )
+    q.add_argument(
+        "config",
+        help=f'config JSON or a .json file, e.g. {{"method":"deepcache"}} (methods: {names})',
+    )
+    q.add_argument(
+        "--labels", default="0-9", help="digits to draw: a range (0-9) or a list (1,3,5)"
+    )
+    q.add_argument("--per-label", type=int, default=8, help="samples per label")
+    q.add_argument("--seed", type=int, default=0, help="noise seed of the first sample")
+    q.add_argument("--out", type=Path, default=Path("cache_grid.png"), help="PNG file to write")
     _common(q)
     q.set_defaults(func=_sample)

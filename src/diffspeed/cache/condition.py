@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffspeed.cache.hooks import CacheConfig, CacheRuntime, register_cache
+from diffspeed.cache.hooks import CacheConfig, CacheRuntime, compiler_disabled, register_cache
 from diffspeed.errors import UnsupportedModelError
 
 
@@ -77,7 +77,7 @@ class ConditionCacheRuntime(CacheRuntime):
         for key, (_, module) in enumerate(modules):
             self.wrap(module, self._make(key))
 
-    @torch.compiler.disable
+    @compiler_disabled
     def _lookup(self, key: int, inputs: Any) -> tuple[bool, Any]:
         entry = self.entries.get(key)
         if entry is not None and _same(entry[0], inputs):

@@ -22,13 +22,15 @@ A cache is installed with :func:`apply_cache` and returns a :class:`CacheHandle`
   DeepCache schedule needs it).
 
 Data-dependent decisions (first-block and TeaCache thresholds, condition equality, reading the
-timestep) run in functions decorated with ``torch.compiler.disable``: under ``torch.compile``
-they become graph breaks executed eagerly, and the compiled graphs hold only tensor math.
+timestep) run in functions decorated with ``torch.compiler.disable`` (through
+:func:`compiler_disabled`): under ``torch.compile`` they become graph breaks executed eagerly,
+and the compiled graphs hold only tensor math.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -159,6 +161,21 @@ def wrap_method(
     return undo
 
 
+def compiler_disabled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compiler.disable(fn)``, applied at the first call: importing torch's compiler
+    stack costs about a second, which ``import diffspeed`` should not pay."""
+    disabled: Callable[..., Any] | None = None
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal disabled
+        if disabled is None:
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args, **kwargs)
+
+    return call
+
+
 def wrap_forward(
     module: nn.Module, make: Callable[[Callable[..., Any]], Callable[..., Any]]
 ) -> Callable[[], None]:
@@ -168,9 +185,8 @@ def wrap_forward(
 
 def rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative L1 change ``mean|a - b| / mean|b|`` (the TeaCache / first-block metric)."""
-    num = (a.float() - b.float()).abs().mean()
-    den = b.float().abs().mean().clamp_min(1e-12)
-    return float(num / den)
+    a, b = a.detach().float(), b.detach().float()  # a metric: no graph, no grad warning
+    return float((a - b).abs().mean() / b.abs().mean().clamp_min(1e-12))
 
 
 class CacheRuntime:
@@ -275,7 +291,7 @@ class CacheHandle:
         self._undo_scheduler = wrap_method(scheduler, "set_timesteps", make)
 
     # --- inferred steps (no sampler) -------------------------------------------------------
-    @torch.compiler.disable
+    @compiler_disabled
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         ctx, self._pending = self._pending, None
         if ctx is None:

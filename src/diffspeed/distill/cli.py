@@ -266,17 +266,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     ``sample`` (``diffspeed consistency ...`` is the same command under its former name)."""
     from diffspeed.distill import DISTILLERS
     from diffspeed.distill.finetune import FineTune
+    from diffspeed.distill.students import shipped_students
     from diffspeed.distill.trainer import TrainConfig
 
     p = sub.add_parser(
-        "distill", aliases=["consistency"], help="distil the teacher into a few-step student"
+        "distill",
+        aliases=["consistency"],
+        help="distil the teacher into a few-step student",
+        description="Distil the teacher into a few-step student with one of the registered "
+        "methods (one subcommand each, options from its config), fine-tune the teacher on a "
+        "style, or sample a student.",
+        epilog="example: diffspeed distill progressive --out runs/progressive",
     )
     methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
     for name in DISTILLERS:
         cls = DISTILLERS[name]
         doc = (cls.__doc__ or "").strip()
         m = methods.add_parser(
-            name, help=doc.splitlines()[0], description=doc.split("Attributes:")[0].strip()
+            name,
+            help=doc.splitlines()[0],
+            description=doc.split("Attributes:")[0].strip(),
+            epilog=f"example: diffspeed distill {name} --out runs/{name}",
         )
         add_config_options(m.add_argument_group("method"), cls, CFG)
         loop = m.add_argument_group("training loop (--steps a,b,c: one value per stage)")
@@ -291,24 +301,49 @@ def register(sub: argparse._SubParsersAction) -> None:
         _run_options(m, multi_round=cls.bench_row == "student")
         m.set_defaults(func=functools.partial(_run, cls))
 
-    m = methods.add_parser("finetune", help="fine-tune the teacher on a style (second model)")
+    m = methods.add_parser(
+        "finetune",
+        help="fine-tune the teacher on a style (second model)",
+        description="Fine-tune the teacher on a style of digits (italic, thick, ...) to get a "
+        "second model, e.g. to test whether a LoRA distilled on one transfers to the other.",
+        epilog="example: diffspeed distill finetune --out runs/italic.safetensors",
+    )
     add_config_options(m, FineTune, CFG)
     m.add_argument("--out", type=Path, required=True, help="output .safetensors")
-    m.add_argument("--teacher", type=Path, default=None)
-    m.add_argument("--threads", type=int, default=1)
-    m.add_argument("--no-progress", action="store_true")
+    m.add_argument(
+        "--teacher", type=Path, default=None, help="teacher .safetensors (default: embedded)"
+    )
+    m.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.add_argument("--ship", default=None, help="also store it (int8) in the package as NAME")
     m.set_defaults(func=_finetune)
 
-    m = methods.add_parser("sample", help="few-step samples of a student to a PNG")
-    m.add_argument("--student", default="lcm", help="shipped name or student .safetensors")
+    m = methods.add_parser(
+        "sample",
+        help="few-step samples of a student to a PNG",
+        description="Sample digits from a distilled student (shipped or a weights file) or "
+        "the teacher with an LCM-LoRA, and save a PNG grid, one row per label.",
+        epilog="example: diffspeed distill sample --student lcm --steps 2 --out lcm.png",
+    )
+    m.add_argument(
+        "--student",
+        default="lcm",
+        help="a student .safetensors or a shipped name: " + ", ".join(shipped_students()),
+    )
     m.add_argument("--lora", type=Path, default=None, help="an LCM-LoRA directory instead")
     m.add_argument("--teacher", type=Path, default=None, help="base model for --lora")
     m.add_argument("--steps", type=int, default=4, help="steps of a consistency student")
-    m.add_argument("--guidance", type=float, default=None)
-    m.add_argument("--labels", default="0-9")
-    m.add_argument("--per-label", type=int, default=8)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--threads", type=int, default=1)
-    m.add_argument("--out", type=Path, default=Path("samples.png"))
+    m.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="guidance scale of a w-conditioned student (default: its recipe's)",
+    )
+    m.add_argument(
+        "--labels", default="0-9", help="digits to draw: a range (0-9) or a list (1,3,5)"
+    )
+    m.add_argument("--per-label", type=int, default=8, help="samples per label")
+    m.add_argument("--seed", type=int, default=0, help="noise seed of the first sample")
+    m.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    m.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG file to write")
     m.set_defaults(func=_sample)

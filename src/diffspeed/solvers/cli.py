@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
+import shutil
+import textwrap
 from pathlib import Path
 
 
-def _first_line(obj: object) -> str:
+def plain_summary(obj: object) -> str:
+    """The first paragraph of ``obj``'s docstring as one line of plain text: reStructuredText
+    literals (````x````) and roles (``:func:`x```) lose their markup."""
     doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    para = " ".join(doc.strip().split("\n\n")[0].split())
+    para = re.sub(r":\w+:`~?([^`]*)`", lambda m: m.group(1).rsplit(".", 1)[-1], para)
+    return para.replace("``", "")
+
+
+def _entry(head: str, text: str) -> str:
+    width = max(60, min(shutil.get_terminal_size().columns, 110))
+    return textwrap.fill(
+        f"{head} - {text}",
+        width=width,
+        initial_indent="  ",
+        subsequent_indent="      ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
 
 
 def _solvers(args: argparse.Namespace) -> int:
@@ -19,11 +38,11 @@ def _solvers(args: argparse.Namespace) -> int:
     for name in SOLVERS.names():
         spec = SOLVERS[name]
         kind = "SDE" if spec.stochastic else "ODE"
-        print(f"  {name}: order {spec.order}, {spec.evals_per_step}/step, {kind} - "
-              f"{_first_line(spec.fn)}")  # fmt: skip
+        head = f"{name}: order {spec.order}, {spec.evals_per_step}/step, {kind}"
+        print(_entry(head, plain_summary(spec.fn)))
     print("schedules")
     for name in SCHEDULES.names():
-        print(f"  {name} - {_first_line(SCHEDULES[name])}")
+        print(_entry(name, plain_summary(SCHEDULES[name])))
     return 0
 
 
@@ -72,14 +91,32 @@ def _tune(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``solvers`` and ``tune-schedule``."""
-    p = sub.add_parser("solvers", help="list the solvers and step schedules")
+    p = sub.add_parser(
+        "solvers",
+        help="list the solvers and step schedules",
+        description="List every registered solver (order, network evaluations per step, ODE "
+        "or SDE) and step schedule, each with what it is.",
+        epilog="example: diffspeed solvers",
+    )
     p.set_defaults(func=_solvers)
 
-    p = sub.add_parser("tune-schedule", help="optimise a step schedule for the teacher (no data)")
-    p.add_argument("--solver", default="dpmpp_2m")
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--out", type=Path, default=Path("schedule.json"))
-    p.add_argument("--method", choices=("ays", "dp"), default="ays")
+    p = sub.add_parser(
+        "tune-schedule",
+        help="optimise a step schedule for the teacher (no data)",
+        description="Optimise the sigmas of a few-step schedule for one solver on the teacher "
+        "(AYS-style coordinate search or dynamic programming against a fine reference), with "
+        "no training data; writes a schedule JSON that --schedule and diffspeed.sample accept.",
+        epilog="example: diffspeed tune-schedule --solver dpmpp_2m --steps 6 --out schedule.json",
+    )
+    p.add_argument("--solver", default="dpmpp_2m", help="solver the schedule is tuned for")
+    p.add_argument("--steps", type=int, default=6, help="solver steps")
+    p.add_argument("--out", type=Path, default=Path("schedule.json"), help="JSON file to write")
+    p.add_argument(
+        "--method",
+        choices=("ays", "dp"),
+        default="ays",
+        help="ays: coordinate search on the sigmas; dp: dynamic programming over a fine grid",
+    )
     p.add_argument("--base", default="leading", help="starting / baseline schedule")
     p.add_argument("--rounds", type=int, default=4, help="coordinate-search rounds (ays)")
     p.add_argument("--fixed-start", action="store_true",
@@ -88,6 +125,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "from the reference set)")  # fmt: skip
     p.add_argument("--guidance", type=float, default=None, help="default: recommended scale")
     p.add_argument("--solver-options", default=None, help="JSON, e.g. '{\"order\": 2}'")
-    p.add_argument("--teacher", type=Path, default=None)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--teacher", type=Path, default=None, help="teacher .safetensors (default: embedded)"
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=_tune)

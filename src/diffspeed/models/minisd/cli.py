@@ -36,7 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a diffusers StableDiffusionPipeline folder; an interrupted run resumes from its "
         "checkpoints.",
         epilog="example: diffspeed train-mini-sd --out runs/mini-sd",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path("runs/mini-sd"), help="pipeline folder")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -54,7 +53,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "in) and write it in the diffusers LoRA format: pipe.load_lora_weights(OUT/lora), then "
         "sample with LCMScheduler at guidance_scale=1.",
         epilog="example: diffspeed train-mini-sd-lcm-lora --out runs/mini-sd-lcm-lora",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path("runs/mini-sd-lcm-lora"), help="run folder")
     p.add_argument("--steps", type=int, default=2000, help="optimisation steps (batch 64)")
