@@ -28,9 +28,10 @@ from torch import nn
 
 from diffspeed.compress.quantize import (
     MIN_CALIBRATION_SAMPLES,
+    QuantHandle,
     Quantize,
+    fake_layer,
     quantizable_layers,
-    quantize,
     resolve_network,
 )
 from diffspeed.core.steps import StepContext, attach_listener, detach_listener
@@ -130,7 +131,9 @@ class _Collector:
             sigmas[round(i * len(sigmas) / groups) : round((i + 1) * len(sigmas) / groups)]
             for i in range(groups)
         ]
-        edges = [math.sqrt(max(a[-1], 1e-12) * b[0]) for a, b in zip(chunks, chunks[1:])]
+        edges = [
+            math.sqrt(max(a[-1], 1e-12) * b[0]) for a, b in zip(chunks, chunks[1:], strict=False)
+        ]
         ranges: dict[str, torch.Tensor] = {}
         for name in self.stats[sigmas[0]]:
             rows = []
@@ -253,7 +256,8 @@ class _Recorder:
                 key: v[:k] if isinstance(v, torch.Tensor) and v.ndim else v
                 for key, v in cond.items()
             }
-            self.states.append((x[:k].clone(), torch.as_tensor(sigma).clone(), c))
+            s = torch.as_tensor(sigma)
+            self.states.append((x[:k].clone(), (s[:k] if s.ndim else s).clone(), c))
         return self.inner_den(x, sigma, **cond)
 
 
@@ -316,37 +320,36 @@ def sensitivity(
     states: Sequence[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]],
 ) -> dict[str, float]:
     """Measured sensitivity of each layer: the mean squared change of the denoiser's output
-    on recorded sampler states when only that layer is quantized (``config.format``).
+    on recorded sampler states when only that layer is fake-quantized (``config.format``).
 
+    Each layer is swapped for a quantized copy, one at a time, and swapped back.
     Returns ``{layer: mse}`` (higher = more sensitive)."""
     if not states:
         raise ConfigError("the sensitivity scan needs recorded sampler states")
     net = resolve_network(denoiser)
-    names = [n for n, _ in quantizable_layers(net)]
+    single = dataclasses.replace(config, backend="fake", keep=(), keep_sensitive=0)
+    handle = QuantHandle(net, single, calibration)
 
-    def outputs(den: Any) -> list[torch.Tensor]:
-        with torch.inference_mode():
-            return [den(x, s, **c).float() for x, s, c in states]
-
-    ref = outputs(denoiser)
-    scores: dict[str, float] = {}
-    base = Quantize(
-        format=config.format,
-        backend="fake",
-        group_size=config.group_size,
-        act_groups=config.act_groups,
-        calib_samples=config.calib_samples,
-    )
-    for name in names:
-        den = copy.deepcopy(denoiser)
-        keep = tuple(n for n in names if n != name)
-        handle = quantize(den, dataclasses.replace(base, keep=keep), calibration=calibration)
-        # the scan calls the denoiser outside a sampler: every state uses its own group
+    def outputs() -> list[torch.Tensor]:
         out = []
         with torch.inference_mode():
             for x, s, c in states:
                 handle.set_step(StepContext(0, float(torch.as_tensor(s).max()), 1))
-                out.append(den(x, s, **c).float())
-        handle.close()
-        scores[name] = float(sum(((a - b) ** 2).mean() for a, b in zip(out, ref)) / len(ref))
+                out.append(denoiser(x, s, **c).float())
+        return out
+
+    ref = outputs()
+    scores: dict[str, float] = {}
+    for name, mod in list(quantizable_layers(net)):
+        parent_name, _, child = name.rpartition(".")
+        parent = net.get_submodule(parent_name)
+        twin = copy.deepcopy(mod)
+        fake_layer(handle, name, twin, calibration)
+        setattr(parent, child, twin)
+        try:
+            out = outputs()
+        finally:
+            setattr(parent, child, mod)
+        err = sum(((a - b) ** 2).mean() for a, b in zip(out, ref, strict=True))
+        scores[name] = float(err) / len(ref)
     return scores

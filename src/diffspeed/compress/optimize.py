@@ -113,12 +113,14 @@ def _device_of(net: nn.Module) -> torch.device:
 def _set_processors(net: nn.Module, attention: str) -> None:
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    if not hasattr(net, "set_attn_processor"):
+    layers = [m for m in net.modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
+    if not layers:
         raise ConfigError(
             f"attention={attention!r} sets diffusers attention processors; "
-            f"{type(net).__name__} has none (use attention='default')"
+            f"{type(net).__name__} has no diffusers attention layer (use attention='default')"
         )
-    net.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+    for m in layers:
+        m.set_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
 
 
 def _force_kernel(net: nn.Module, kernel: str, device: torch.device) -> None:

@@ -296,7 +296,7 @@ def quantizable_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, mod
 
 
-def _kept(name: str, keep: tuple[str, ...]) -> bool:
+def kept(name: str, keep: tuple[str, ...]) -> bool:
     return any(name == k or name.startswith(k + ".") for k in keep)
 
 
@@ -318,6 +318,13 @@ def resolve_network(model: Any) -> nn.Module:
         f"quantize needs a torch module, a diffspeed denoiser or a diffusers pipeline, got "
         f"{type(model).__name__}"
     )
+
+
+def _dtype_of(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -342,7 +349,10 @@ def _torchao_config(fmt: str, device: torch.device, group_size: int) -> Any:
     if fmt == "int8_dynamic":
         return tq.Int8DynamicActivationInt8WeightConfig()
     if device.type == "cuda":
-        return tq.Int4WeightOnlyConfig(group_size=group_size)
+        # the tinygemm kernel (bfloat16 only); the default "plain" packing needs mslk
+        return tq.Int4WeightOnlyConfig(
+            group_size=group_size, int4_packing_format="tile_packed_to_4d"
+        )
     # torchao 0.18 has no CPU kernel for Int4WeightOnlyConfig (it needs mslk or CUDA); int4
     # codes stored unpacked in int8 run through its intx path (dequantize, then matmul)
     from torchao.quantization.granularity import PerGroup
@@ -468,35 +478,52 @@ def quantize(
     keep = tuple(config.keep) + tuple(calibration.keep if calibration is not None else ())
     targets = []
     for name, mod in quantizable_layers(net):
-        if _kept(name, keep):
+        if kept(name, keep):
             handle.layers[name] = "kept"
         else:
             targets.append((name, mod))
     if backend == "torchao":
+        if (
+            config.format == "int4_weight"
+            and device.type == "cuda"
+            and _dtype_of(net) != torch.bfloat16
+        ):
+            raise ConfigError(
+                "torchao's int4 CUDA kernel needs bfloat16 weights; cast first with "
+                "optimize(model, Optimize(dtype='bfloat16')), or use backend='fake'"
+            )
         _apply_torchao(net, config, device, targets, handle)
     for name, mod in targets:
-        if name in handle.layers:
-            continue
-        if config.format == "int4_weight":
-            handle._hooks.append(_fake_weight(mod, 4, config.group_size))
-            handle.layers[name] = "fake:int4"
-            continue
-        handle._hooks.append(_fake_weight(mod, 8, None))
-        if config.format == "int8_dynamic":
-            handle._hooks.append(mod.register_forward_pre_hook(_dynamic_hook))
-            handle.layers[name] = "fake:int8_dynamic"
-        elif config.format == "w8a8":
-            assert calibration is not None
-            ranges, union = calibration.ranges_of(name)
-            handle._hooks.append(mod.register_forward_pre_hook(_act_hook(handle, ranges, union)))
-            handle.layers[name] = "fake:w8a8"
-        else:
-            handle.layers[name] = "fake:int8"
+        if name not in handle.layers:
+            fake_layer(handle, name, mod, calibration)
     if calibration is not None and len(calibration.edges) > 0:
         attach_listener(net, handle)
         handle.attached = True
     log.info("quantize: %r", handle)
     return handle
+
+
+def fake_layer(
+    handle: QuantHandle, name: str, mod: nn.Module, calibration: Calibration | None
+) -> None:
+    """Fake-quantize one layer in place with ``handle.config`` (its hooks go to ``handle``)."""
+    config = handle.config
+    if config.format == "int4_weight":
+        handle._hooks.append(_fake_weight(mod, 4, config.group_size))
+        handle.layers[name] = "fake:int4"
+        return
+    handle._hooks.append(_fake_weight(mod, 8, None))
+    if config.format == "int8_dynamic":
+        handle._hooks.append(mod.register_forward_pre_hook(_dynamic_hook))
+        handle.layers[name] = "fake:int8_dynamic"
+    elif config.format == "w8a8":
+        if calibration is None:
+            raise ConfigError("format 'w8a8' needs a calibration")
+        ranges, union = calibration.ranges_of(name)
+        handle._hooks.append(mod.register_forward_pre_hook(_act_hook(handle, ranges, union)))
+        handle.layers[name] = "fake:w8a8"
+    else:
+        handle.layers[name] = "fake:int8"
 
 
 def _apply_torchao(
