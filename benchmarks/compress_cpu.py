@@ -38,7 +38,7 @@ from diffspeed.core.contract import network_of
 from diffspeed.eval.metrics import class_accuracy, fdd, psnr
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE, ReferenceSpec, reference_set
 from diffspeed.models.digits import load_digits
-from diffspeed.models.teacher import cond_labels, guided_teacher, load_teacher
+from diffspeed.models.teacher import cond_labels, guided_teacher, label_cond, load_teacher
 
 #: Layers the issue names as sensitive (first / last conv, time embedding), kept for int4.
 EDGES = ("conv_in", "conv_out", "time_embedding")
@@ -97,13 +97,13 @@ def main() -> None:
     x0, y = load_digits("train")
     t0 = time.time()
     qcfg = QAT(steps=args.qat_steps, keep=EDGES)
-    student = qat(teacher, qcfg, x0, {"class_labels": y}, args.qat_dir)
+    student = qat(teacher, qcfg, x0, label_cond(y), args.qat_dir)
     qat_s = time.time() - t0
     rows["int4 weight-only, edges fp32, QAT"] = quantized(qcfg.quantize_config, base=student)
 
     # W8A8: naive forward-process calibration vs the sampler's own trajectories
     perm = torch.randperm(x0.shape[0], generator=torch.Generator().manual_seed(0))
-    data = x0[perm[: args.calib_samples]], {"class_labels": y[perm[: args.calib_samples]]}
+    data = x0[perm[: args.calib_samples]], label_cond(y[perm[: args.calib_samples]])
     calib_seen = []
     for keep in ((), EDGES):
         tail = ", edges fp32" if keep else ""
