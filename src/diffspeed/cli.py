@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "diffspeed.solvers.cli",
     "diffspeed.distill.cli",
     "diffspeed.cache.cli",
+    "diffspeed.compress.cli",
     "diffspeed.models.minisd.cli",
 )
 

@@ -10,7 +10,9 @@ A row is a small frozen dataclass; it round-trips to a plain dict (and so to JSO
 
 Which builder turns a row into a generator is chosen by ``method`` (see
 :mod:`diffspeed.bench.methods`); when absent it is ``"peer"`` if ``peer`` is set, ``"cache"`` if
-``cache`` is set, else ``"solver"``.
+``cache`` is set, else ``"solver"``; a row with any of the compression keys (``quant``,
+``prune``, ``compile``, ``dtype``, ``memory_format``) is ``"compress"`` (its ``cache``, if any,
+is installed on the compressed model).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from diffspeed.errors import ConfigError, did_you_mean
 from diffspeed.eval.reference import RECOMMENDED_GUIDANCE
 
 #: Row fields that are tables (dicts); on the command line they take dotted sub-keys.
-_ROW_DICT_KEYS = ("cache", "options", "schedule_options")
+_ROW_DICT_KEYS = ("cache", "options", "schedule_options", "quant")
+#: Row fields of the compression methods (:mod:`diffspeed.compress`).
+COMPRESS_KEYS = ("quant", "prune", "compile", "dtype", "memory_format")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,12 @@ class Row:
         peer: a diffusers scheduler class name, driven step by step on the same model.
         options: extra keyword options of the solver / scheduler / method.
         schedule_options: keyword options of the schedule (e.g. ``{"rho": 7.0}``).
+        quant: a ``diffspeed.compress.Quantize`` dict (``{"format": "w8a8", ...}``; a
+            ``weights`` key loads QAT-fine-tuned weights first).
+        prune: a folder holding a pruned model (diffusers config + safetensors) to run instead.
+        compile: a ``torch.compile`` mode (``"default"``, ``"max-autotune"``, ...).
+        dtype: ``"float16"`` or ``"bfloat16"`` weights.
+        memory_format: ``"channels_last"``.
     """
 
     name: str = ""
@@ -63,12 +73,19 @@ class Row:
     peer: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     schedule_options: dict[str, Any] = field(default_factory=dict)
+    quant: dict[str, Any] | None = None
+    prune: str | None = None
+    compile: str | None = None
+    dtype: str | None = None
+    memory_format: str | None = None
 
     @property
     def kind(self) -> str:
         """The method name used to look up the builder."""
         if self.method:
             return self.method
+        if any(getattr(self, k) is not None for k in COMPRESS_KEYS):
+            return "compress"
         if self.peer is not None:
             return "peer"
         if self.cache is not None:
@@ -92,6 +109,13 @@ class Row:
         if self.cache:
             rest = "".join(f"-{v}" for k, v in self.cache.items() if k != "method")
             label += f"+{self.cache.get('method', 'cache')}{rest}"
+        if self.quant:
+            rest = "".join(f"-{v}" for k, v in self.quant.items() if k not in ("format", "weights"))
+            label += f"+{self.quant.get('format', 'quant')}{rest}"
+        for key in ("prune", "compile", "dtype", "memory_format"):
+            value = getattr(self, key)
+            if value is not None:
+                label += f"+{Path(value).name if key == 'prune' else value}"
         return label
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,7 +156,7 @@ class Row:
         kw = dict(d)
         if guidance is not None:
             kw["guidance"] = float(guidance)
-        for key in _ROW_DICT_KEYS[1:]:
+        for key in ("options", "schedule_options"):
             kw[key] = dict(d.get(key) or {})
         return cls(**kw)
 
@@ -322,7 +346,7 @@ def parse_row_arg(text: str) -> Row:
         else:
             d[key] = (
                 value
-                if key in ("name", "solver", "schedule", "peer", "student")
+                if key in ("name", "solver", "schedule", "peer", "student", *COMPRESS_KEYS[1:])
                 else (_scalar(value))
             )
     return Row.from_dict(d, f"--row {text!r}")

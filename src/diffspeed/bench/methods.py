@@ -47,6 +47,8 @@ class Generator(Protocol):
             batches cond and uncond counts once).
         rounds: sequential network rounds of the last run (``nfe`` unless parallel).
         model_size_bytes: bytes of the weights the method runs (student, quantized model...).
+
+    A generator may also set ``disk_size_bytes`` (bytes of its weight files; compress rows).
     """
 
     nfe: int
@@ -328,3 +330,10 @@ class PeerGenerator:
 @register_method("peer", family="peer")
 def _peer(row: Row, ctx: BenchContext) -> Generator:
     return PeerGenerator(ctx.guided(ctx.scale(row)), ctx, row)
+
+
+@register_method("compress", family="compress")
+def _compress(row: Row, ctx: BenchContext) -> Generator:
+    from diffspeed.compress.bench import build_compressed
+
+    return build_compressed(row, ctx)

@@ -144,9 +144,18 @@ PIPELINE_NOTES = {
 }
 
 
+#: Column added when a row knows the size of its weight files (compress rows).
+DISK_COLUMN = ("disk MB", "disk_mb", "{:.2f}")
+
+
 def columns_of(results: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
-    """The table columns for ``results`` (a pipeline bench has its own)."""
-    return PIPELINE_COLUMNS if results.get("kind") == "pipeline" else COLUMNS
+    """The table columns for ``results`` (a pipeline bench has its own; ``disk MB`` appears
+    when a row reports the bytes of its weight files)."""
+    cols = PIPELINE_COLUMNS if results.get("kind") == "pipeline" else COLUMNS
+    rows = results.get("rows", {}).values()
+    if any(r.get("disk_size_bytes") is not None for r in rows):
+        cols = (*cols, DISK_COLUMN)
+    return cols
 
 
 def notes_of(results: dict[str, Any]) -> dict[str, str]:
@@ -174,6 +183,8 @@ def _derived(rec: dict[str, Any]) -> dict[str, Any]:
     mem = rec.get("peak_mem_bytes")
     d["peak_mb"] = mem / 2**20 if mem is not None else None
     d["size_mb"] = rec["model_size_bytes"] / 2**20
+    disk = rec.get("disk_size_bytes")
+    d["disk_mb"] = disk / 2**20 if disk is not None else None
     return d
 
 

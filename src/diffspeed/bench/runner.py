@@ -485,6 +485,7 @@ def _run_row(
         "peak_mem_bytes": int(peak.peak_bytes) if peak is not None else None,
         "peak_mem_kind": peak.kind if peak is not None else None,
         "model_size_bytes": int(gen.model_size_bytes),
+        "disk_size_bytes": getattr(gen, "disk_size_bytes", None),
         "samples_file": str(samples_file),
         "computed": {
             "pid": os.getpid(),
