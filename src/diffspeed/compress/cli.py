@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +20,32 @@ from diffspeed.compress.optimize import Optimize
 from diffspeed.compress.quantize import Quantize
 
 
+def _shown(value: Any) -> str:
+    """A module constant as help text: the names of a collection, else the value."""
+    if isinstance(value, tuple | list | dict | frozenset | set):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
 def _add_fields(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    from diffspeed.distill.cli import field_help
+
+    helps = field_help(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
+        text = re.sub(
+            r":data:`(\w+)`",
+            lambda m: _shown(getattr(sys.modules[cls.__module__], m.group(1))),
+            helps.get(f.name, f"the {cls.__name__} field {f.name}"),
+        )
         if isinstance(f.default, bool):
-            p.add_argument(flag, action="store_true", help=f"(config field {f.name})")
+            p.add_argument(flag, action="store_true", help=text)
         elif isinstance(f.default, tuple):
-            p.add_argument(flag, default="", help=f"comma-separated (config field {f.name})")
+            p.add_argument(flag, default="", help=f"{text} (comma-separated)")
         else:
-            p.add_argument(
-                flag, type=type(f.default), default=f.default, help=f"default {f.default}"
-            )
+            p.add_argument(flag, type=type(f.default), default=f.default, help=text)
 
 
 def _config(cls: type, args: argparse.Namespace) -> Any:
@@ -167,26 +182,41 @@ def _optimize(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     from diffspeed.eval.reference import RECOMMENDED_GUIDANCE
 
-    p.add_argument("--solver", default="ddim")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--solver", default="ddim", help="solver the model is scored with")
+    p.add_argument("--steps", type=int, default=20, help="solver steps")
     p.add_argument("--samples", type=int, default=200, help="report-set samples scored")
-    p.add_argument("--guidance", type=float, default=RECOMMENDED_GUIDANCE)
+    p.add_argument("--guidance", type=float, default=RECOMMENDED_GUIDANCE, help="guidance scale")
     p.add_argument("--teacher", type=Path, default=None, help="teacher .safetensors")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``diffspeed quantize`` and ``diffspeed optimize``."""
-    p = sub.add_parser("quantize", help="quantize the teacher (int8/int4/w8a8), score it")
+    p = sub.add_parser(
+        "quantize",
+        help="quantize the teacher (int8/int4/w8a8), score it",
+        description="Quantize the embedded digits teacher (torchao on linear layers, fake-quant "
+        "elsewhere; w8a8 calibrated on the sampler's own trajectories), optionally after a QAT "
+        "fine-tune, and score it against the unquantized model with the same solver (FDD ratio, "
+        "PSNR). In Python: diffspeed.compress.quantize(model, Quantize(...)).",
+        epilog="example: diffspeed quantize --format w8a8 --act-groups 4 --keep-sensitive 2",
+    )
     _add_fields(p, Quantize)
     p.add_argument("--qat-steps", type=int, default=0, help="QAT fine-tune first (0: PTQ)")
     p.add_argument("--out", type=Path, default=Path("runs/qat"), help="QAT run folder")
     _common(p)
     p.set_defaults(func=_quantize)
 
-    p = sub.add_parser("optimize", help="compile / cast / re-layout the teacher, score and time")
+    p = sub.add_parser(
+        "optimize",
+        help="compile / cast / re-layout the teacher, score and time",
+        description="Apply torch.compile, a dtype, a memory format or an attention backend to "
+        "the embedded digits teacher, score it against the unchanged model and time both "
+        "round-robin. In Python: diffspeed.compress.optimize(model, Optimize(...)).",
+        epilog="example: diffspeed optimize --memory-format channels_last --rounds 3",
+    )
     _add_fields(p, Optimize)
-    p.add_argument("--timing-batch", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--timing-batch", type=int, default=8, help="images per timed call")
+    p.add_argument("--rounds", type=int, default=5, help="round-robin timing rounds")
     _common(p)
     p.set_defaults(func=_optimize)
