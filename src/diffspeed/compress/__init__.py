@@ -1,0 +1,1 @@
+"""Compression: quantize, prune, optimize (compile / dtype / memory format)."""
