@@ -134,7 +134,9 @@ def plan_widths(net: nn.Module, config: Prune) -> tuple[list[int], int | None]:
     head_dims = set()
     for k in levels:
         if not 0 <= k < len(widths):
-            raise ConfigError(f"level {k} does not exist; the model has levels 0..{len(widths) - 1}")
+            raise ConfigError(
+                f"level {k} does not exist; the model has levels 0..{len(widths) - 1}"
+            )
         heads = _heads(cfg, k)
         step = math.lcm(groups, heads)
         widths[k] = max(step, round(widths[k] * (1 - config.ratio) / step) * step)
@@ -309,7 +311,6 @@ def prune(
         ConfigError: Taylor importance without ``data``, or a level that cannot be pruned.
         UnsupportedModelError: a model that is not a ``UNet2DModel``.
     """
-    import torch_pruning as tp
     from diffusers import UNet2DModel
 
     src = _unet_of(model)
@@ -327,12 +328,14 @@ def prune(
         if alphas_cumprod is None:
             alphas_cumprod = _ddpm_alphas_cumprod(alphas_cumprod_steps(cfg))
         accumulate_taylor(work, config, data, torch.as_tensor(alphas_cumprod))
-    heads = _head_plans(work, config, cfg, head_dim)
+    heads = _head_plans(work, config, widths)
     _prune_channels(work, config, cfg, widths)
     for attn, qk, v in heads:
         _shrink_heads(attn, qk, v)
     new_cfg = {**cfg, "block_out_channels": widths, "attention_head_dim": head_dim}
-    new_cfg["time_embedding_dim"] = cfg.get("time_embedding_dim") or cfg["block_out_channels"][0] * 4
+    new_cfg["time_embedding_dim"] = (
+        cfg.get("time_embedding_dim") or cfg["block_out_channels"][0] * 4
+    )
     out = UNet2DModel(**new_cfg)
     state = {k: v.detach() for k, v in work.state_dict().items()}
     if widths[0] != cfg["block_out_channels"][0]:
@@ -375,29 +378,32 @@ def _row_scores(layer: nn.Linear, taylor: bool, dim: int = 1) -> torch.Tensor:
     return w.pow(2).sum(dim)
 
 
-def _head_plans(work: nn.Module, config: Prune, cfg: Mapping[str, Any], head_dim: int | None):
-    """For each attention whose heads shrink: ``(attn, q/k dims to keep, v dims to keep)``,
-    the same number per head, each head keeping its own most important dimensions."""
+def _head_plans(work: nn.Module, config: Prune, widths: list[int]):
+    """For each attention whose heads narrow: ``(attn, q/k dims to keep, v dims to keep)``.
+
+    The head count stays; each head keeps the same number of dimensions (its level's new width
+    over the heads), its own most important ones: queries and keys share theirs (they meet in
+    a dot product), values and the output projection's inputs share theirs.
+    """
     from diffusers.models.attention_processor import Attention
 
     plans = []
     taylor = config.importance == "taylor"
-    for attn in (m for m in work.modules() if isinstance(m, Attention)):
-        old = attn.inner_dim // attn.heads
-        new = head_dim if head_dim is not None else None
-        if new is None:  # one head as wide as the level
+    for name, attn in work.named_modules():
+        if not isinstance(attn, Attention):
             continue
+        old = attn.inner_dim // attn.heads
+        new = widths[_level_of(name, len(widths))] // attn.heads
         if new == old:
             continue
-        qk = (_row_scores(attn.to_q, taylor) + _row_scores(attn.to_k, taylor)).view(attn.heads, old)
-        v = (_row_scores(attn.to_v, taylor) + _row_scores(attn.to_out[0], taylor, 0)).view(
-            attn.heads, old
-        )
+        qk = _row_scores(attn.to_q, taylor) + _row_scores(attn.to_k, taylor)
+        v = _row_scores(attn.to_v, taylor) + _row_scores(attn.to_out[0], taylor, 0)
         base = torch.arange(attn.heads).view(-1, 1) * old
 
         def best(scores: torch.Tensor, base: torch.Tensor = base, new: int = new) -> list[int]:
-            keep = torch.argsort(scores, dim=1, descending=True)[:, :new]
-            return sorted((keep.sort(1).values + base).flatten().tolist())
+            per_head = scores.view(len(base), -1)
+            keep = torch.argsort(per_head, dim=1, descending=True)[:, :new]
+            return sorted((keep + base).flatten().tolist())
 
         plans.append((attn, best(qk), best(v)))
     return plans
@@ -432,7 +438,9 @@ def _prune_channels(
     from diffusers.models.attention_processor import Attention
 
     n_levels, groups = len(widths), int(cfg["norm_num_groups"])
-    inner = {id(m) for a in work.modules() if isinstance(a, Attention) for m in (a.to_q, a.to_k, a.to_v)}
+    inner = {
+        id(m) for a in work.modules() if isinstance(a, Attention) for m in (a.to_q, a.to_k, a.to_v)
+    }
     ignored = []
     for name, m in work.named_modules():
         if not isinstance(m, nn.Conv2d | nn.Linear):
@@ -446,7 +454,9 @@ def _prune_channels(
     scorer = _importance(config)
     names = {m: n for n, m in work.named_modules()}
     plans = []
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
+    for group in dg.get_all_groups(
+        ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]
+    ):
         root, handler = group[0].dep.target.module, group[0].dep.handler
         level = _level_of(names[root], n_levels)
         width = dg.get_out_channels(root)
@@ -499,7 +509,10 @@ def save_pruned(model: Any, folder: str | Path) -> Path:
     cfg = dict(net.config)
     atomic_write_json(
         folder / PRUNE_JSON,
-        {"prune": cfg.get("_diffspeed_prune"), "block_out_channels": list(cfg["block_out_channels"])},
+        {
+            "prune": cfg.get("_diffspeed_prune"),
+            "block_out_channels": list(cfg["block_out_channels"]),
+        },
     )
     return folder
 
@@ -533,18 +546,24 @@ class PrunedDistillLoss:
     data at a uniform random timestep, labels dropped to the unconditional value at
     ``label_dropout`` (guidance keeps working); for :func:`diffspeed.distill.trainer.train`."""
 
-    def __init__(self, alphas_cumprod: torch.Tensor, uncond: Mapping[str, Any], label_dropout: float) -> None:
+    def __init__(
+        self, alphas_cumprod: torch.Tensor, uncond: Mapping[str, Any], label_dropout: float
+    ) -> None:
         self.ac = torch.as_tensor(alphas_cumprod).float()
         self.uncond = dict(uncond)
         self.label_dropout = label_dropout
 
-    def __call__(self, student: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: Any) -> torch.Tensor:
+    def __call__(
+        self, student: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: Any
+    ) -> torch.Tensor:
         ac = self.ac.to(x0.device)
         t = ctx.randint(0, ac.numel())
         eps = ctx.randn(*x0.shape[1:])
         drop = ctx.rand() < self.label_dropout
         cond = {
-            k: torch.where(drop, torch.as_tensor(self.uncond[k]).to(v), v) if k in self.uncond else v
+            k: torch.where(drop, torch.as_tensor(self.uncond[k]).to(v), v)
+            if k in self.uncond
+            else v
             for k, v in cond.items()
         }
         a = ac[t].view(-1, *([1] * (x0.ndim - 1)))
@@ -603,4 +622,3 @@ __all__ = [
     "save_pruned",
     "with_network",
 ]
-
