@@ -72,9 +72,14 @@ def train(args: argparse.Namespace) -> None:
         tc,
         alphas_cumprod=teacher.alphas_cumprod,
         uncond=teacher.cond_spec.uncond,
+        max_weight=args.max_weight,
     )
     save_pruned(net, run / "final")
-    (run / "run.json").write_text(json.dumps({"prune": config.to_dict(), "train": tc.to_dict()}))
+    (run / "run.json").write_text(
+        json.dumps(
+            {"prune": config.to_dict(), "train": tc.to_dict(), "max_weight": args.max_weight}
+        )
+    )
     print(f"wrote {run / 'final'}", flush=True)
 
 
@@ -144,6 +149,9 @@ def main() -> None:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--seed", type=int, default=1234)
+    t.add_argument(
+        "--max-weight", type=float, default=100.0, help="cap of the loss weight 1 + sigma^2"
+    )
     e = sub.add_parser("eval", help="score runs against the teacher")
     e.add_argument("runs", nargs="+")
     e.add_argument("--n", type=int, default=1000)

@@ -14,11 +14,15 @@ every GroupNorm stays valid) and prunes every coupled group of a level to that w
 group keeping its own most important channels, spread evenly over its GroupNorm groups. The
 result is rebuilt as a plain ``UNet2DModel`` of the new ``block_out_channels`` holding the kept
 weights: it saves and loads as a normal diffusers folder (:func:`save_pruned`,
-:func:`load_pruned`). Levels with attention (and the mid block's level) keep their width, so
-heads stay whole; the first conv's input, the last conv's output and the time/class embeddings
-are never pruned. ``UNet2DModel`` sizes its sinusoidal timestep features by the first level's
-width; when that level shrinks, the time MLP's first layer is refitted by least squares to the
-original one's output over the timestep range (exact for the frequencies both sets share).
+:func:`load_pruned`). A level with attention keeps its head count and every head loses the
+same number of dimensions (one ``attention_head_dim`` for the config; queries are rescaled so
+the softmax temperature stays); the first conv's input, the last conv's output and the
+time/class embeddings are never pruned. Pruning must not add or remove a residual shortcut
+(diffusers adds a 1x1 conv when a block's input and output widths differ), so levels of equal
+width are pruned together. ``UNet2DModel`` sizes its sinusoidal timestep features by the first
+level's width; when that level shrinks, the time MLP's first layer is refitted by least squares
+to the original layer's output over the timestep range (with ``freq_shift=0`` the new
+frequencies are a subset of the old ones; only the dropped ones' share is approximated).
 
 After pruning, :func:`finetune` distils the pruned network from the unpruned one (the student
 matches the teacher's noise prediction at random noise levels) through the shared training
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -40,6 +45,8 @@ from torch import nn
 
 from diffspeed.configs import dataclass_from_dict
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError, unknown_name
+
+log = logging.getLogger("diffspeed")
 
 IMPORTANCES = ("taylor", "magnitude")
 #: File in a pruned-model folder that records how it was made.
@@ -53,12 +60,11 @@ class Prune:
 
     Attributes:
         ratio: fraction of channels removed from each pruned level, in (0, 1); widths are
-            rounded to multiples of the model's ``norm_num_groups`` (so a small ratio may
-            leave a level, or the whole model, as it was).
+            rounded to multiples of the model's ``norm_num_groups`` and of a level's head
+            count (so a small ratio may leave a level, or the whole model, as it was).
         importance: ``"taylor"`` (Diff-Pruning: Taylor importance accumulated over
             timesteps; needs calibration data) or ``"magnitude"`` (L2 norm of the weights).
-        levels: block levels (indices into ``block_out_channels``) to prune; ``None``: every
-            level without attention, except the mid block's.
+        levels: block levels (indices into ``block_out_channels``) to prune; ``None``: all.
         timesteps: points of the Taylor sweep, evenly spaced over the training timesteps.
         threshold: stop the sweep once a step's loss is below ``threshold`` times the
             largest so far (0 sweeps every point).
@@ -327,7 +333,8 @@ def prune(
             alphas_cumprod = getattr(model, "alphas_cumprod", None)
         if alphas_cumprod is None:
             alphas_cumprod = _ddpm_alphas_cumprod(alphas_cumprod_steps(cfg))
-        accumulate_taylor(work, config, data, torch.as_tensor(alphas_cumprod))
+        used = accumulate_taylor(work, config, data, torch.as_tensor(alphas_cumprod))
+        log.info("Taylor importance over %d timesteps (t = %d .. %d)", len(used), used[0], used[-1])
     heads = _head_plans(work, config, widths)
     _prune_channels(work, config, cfg, widths)
     for attn, qk, v in heads:
@@ -542,16 +549,27 @@ def load_pruned(folder: str | Path, *, device: str | torch.device = "cpu") -> nn
 
 
 class PrunedDistillLoss:
-    """``||eps_student(x_t, t, c) - eps_teacher(x_t, t, c)||^2`` per sample, ``x_t`` from the
-    data at a uniform random timestep, labels dropped to the unconditional value at
-    ``label_dropout`` (guidance keeps working); for :func:`diffspeed.distill.trainer.train`."""
+    """``w(t) ||eps_student(x_t, t, c) - eps_teacher(x_t, t, c)||^2`` per sample, ``x_t`` from
+    the data at a uniform random timestep, labels dropped to the unconditional value at
+    ``label_dropout`` (guidance keeps working); for :func:`diffspeed.distill.trainer.train`.
+
+    ``w(t) = min(1 + sigma_t^2, max_weight)`` is the noise error seen as a velocity error
+    (``1 / alpha_bar_t``), capped: a noise-prediction error at a high noise level moves the
+    sampler's trajectory far more than the same error near the data, so plain noise MSE
+    (``max_weight=1``) under-trains the high noise levels.
+    """
 
     def __init__(
-        self, alphas_cumprod: torch.Tensor, uncond: Mapping[str, Any], label_dropout: float
+        self,
+        alphas_cumprod: torch.Tensor,
+        uncond: Mapping[str, Any],
+        label_dropout: float,
+        max_weight: float = 100.0,
     ) -> None:
         self.ac = torch.as_tensor(alphas_cumprod).float()
         self.uncond = dict(uncond)
         self.label_dropout = label_dropout
+        self.max_weight = max_weight
 
     def __call__(
         self, student: Any, teacher: Any, x0: torch.Tensor, cond: dict, ctx: Any
@@ -570,7 +588,9 @@ class PrunedDistillLoss:
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         with torch.no_grad():
             target = teacher(xt, t, **cond).sample
-        return (student(xt, t, **cond).sample - target).pow(2).flatten(1).mean(1)
+        weight = (1 / ac[t]).clamp(max=self.max_weight)
+        err = (student(xt, t, **cond).sample - target).pow(2).flatten(1).mean(1)
+        return weight * err
 
 
 def finetune(
@@ -583,13 +603,19 @@ def finetune(
     alphas_cumprod: torch.Tensor | None = None,
     uncond: Mapping[str, Any] | None = None,
     label_dropout: float = 0.15,
+    max_weight: float = 100.0,
     progress: bool = False,
 ) -> nn.Module:
     """Distil ``teacher`` (the unpruned ``UNet2DModel``) into the pruned ``student`` through
     the shared training loop; returns the trained weights (the EMA when ``train`` has one)
     as a new module in eval mode. ``train`` is a :class:`~diffspeed.distill.trainer.TrainConfig`
     (default: 2000 steps, batch 64, lr 2e-4, EMA 0.995); the run directory ``out_dir`` keeps
-    the checkpoint and logs, and an interrupted run resumes."""
+    the checkpoint and logs, and an interrupted run resumes.
+
+    ``uncond`` (the model's unconditional ``cond`` values, e.g. ``{"class_labels": 10}``)
+    replaces a ``label_dropout`` share of the conditions so guidance keeps working;
+    ``max_weight`` caps the loss weight :class:`PrunedDistillLoss` puts on high noise levels
+    (1: plain noise MSE)."""
     from diffspeed.distill.trainer import TrainConfig, TrainData
     from diffspeed.distill.trainer import train as train_loop
 
@@ -597,7 +623,9 @@ def finetune(
     if alphas_cumprod is None:
         alphas_cumprod = _ddpm_alphas_cumprod(alphas_cumprod_steps(_config(teacher)))
     net = copy.deepcopy(student).float().requires_grad_(True)
-    loss = PrunedDistillLoss(alphas_cumprod, uncond or {}, label_dropout if uncond else 0.0)
+    loss = PrunedDistillLoss(
+        alphas_cumprod, uncond or {}, label_dropout if uncond else 0.0, max_weight
+    )
     x0, cond = data
     result = train_loop(
         net,
@@ -606,7 +634,10 @@ def finetune(
         out_dir,
         data=TrainData(x0, dict(cond)),
         teacher=copy.deepcopy(teacher).float(),
-        run_info={"widths": list(_config(student)["block_out_channels"])},
+        run_info={
+            "widths": list(_config(student)["block_out_channels"]),
+            "max_weight": max_weight,
+        },
         progress=progress,
     )
     return copy.deepcopy(result.best).eval().requires_grad_(False)
