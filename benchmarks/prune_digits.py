@@ -7,6 +7,9 @@ Two steps, so the fine-tunes can run in the background:
     python benchmarks/prune_digits.py train runs/prune/taylor --importance taylor
     python benchmarks/prune_digits.py train runs/prune/magnitude --importance magnitude
 
+    # (optional) the EMA of a fine-tune's last checkpoint as RUN/final, before it ends
+    python benchmarks/prune_digits.py export runs/prune/taylor
+
     # MACs, parameters, FDD / accuracy on the 1000-sample report set (every model sampled with
     # the same solver, steps and guidance as the teacher row) and CPU latency (round-robin)
     python benchmarks/prune_digits.py eval runs/prune/taylor runs/prune/magnitude
@@ -83,6 +86,20 @@ def train(args: argparse.Namespace) -> None:
     print(f"wrote {run / 'final'}", flush=True)
 
 
+def export(args: argparse.Namespace) -> None:
+    """Write the EMA weights of a (running or interrupted) fine-tune's last checkpoint as
+    RUN/final, so it can be scored before the schedule ends."""
+    from diffspeed.models.io import load_weights
+
+    run = Path(args.run)
+    net = load_pruned(run / "pruned")
+    tensors = load_weights(run / "train" / "checkpoint.safetensors")
+    prefix = "emas.ema."
+    net.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    save_pruned(net, run / "final")
+    print(f"wrote {run / 'final'} (EMA at step {int(tensors['counter.step'])})")
+
+
 def evaluate(args: argparse.Namespace) -> None:
     """Quality and latency of each run's pruned and fine-tuned models next to the teacher."""
     from diffspeed.bench.timing import round_robin
@@ -152,17 +169,19 @@ def main() -> None:
     t.add_argument(
         "--max-weight", type=float, default=100.0, help="cap of the loss weight 1 + sigma^2"
     )
+    x = sub.add_parser("export", help="write a running fine-tune's last checkpoint (EMA)")
+    x.add_argument("run", help="run directory")
     e = sub.add_parser("eval", help="score runs against the teacher")
     e.add_argument("runs", nargs="+")
     e.add_argument("--n", type=int, default=1000)
     e.add_argument("--solver", default="dpmpp_2m,20,karras", help="SOLVER,STEPS,SCHEDULE")
     e.add_argument("--latency-batch", type=int, default=100)
     e.add_argument("--rounds", type=int, default=5)
-    for p in (t, e):
+    for p in (t, x, e):
         p.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    (train if args.cmd == "train" else evaluate)(args)
+    {"train": train, "export": export, "eval": evaluate}[args.cmd](args)
 
 
 if __name__ == "__main__":
