@@ -48,7 +48,10 @@ def train(args: argparse.Namespace) -> None:
     x, y = load_digits("all")
     data = (x, {"class_labels": y})
     config = Prune(ratio=args.ratio, importance=args.importance, seed=args.seed)
-    student = prune(teacher, config, data=data)
+    if args.init:  # continue from an earlier run's pruned (or fine-tuned) model
+        student = with_network(teacher, load_pruned(args.init))
+    else:
+        student = prune(teacher, config, data=data)
     run = Path(args.run)
     save_pruned(student.model, run / "pruned")
     macs0, params0 = count_macs(teacher.model)
@@ -80,7 +83,12 @@ def train(args: argparse.Namespace) -> None:
     save_pruned(net, run / "final")
     (run / "run.json").write_text(
         json.dumps(
-            {"prune": config.to_dict(), "train": tc.to_dict(), "max_weight": args.max_weight}
+            {
+                "prune": config.to_dict(),
+                "train": tc.to_dict(),
+                "max_weight": args.max_weight,
+                "init": args.init,
+            }
         )
     )
     print(f"wrote {run / 'final'}", flush=True)
@@ -166,6 +174,7 @@ def main() -> None:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--seed", type=int, default=1234)
+    t.add_argument("--init", default="", help="start from this pruned-model folder instead")
     t.add_argument(
         "--max-weight", type=float, default=100.0, help="cap of the loss weight 1 + sigma^2"
     )
