@@ -15,35 +15,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from diffspeed.compress.optimize import Optimize, optimize
 from diffspeed.compress.quantize import Quantize, module_bytes, quantize, resolve_network
-from diffspeed.errors import ConfigError, WeightsError
-
-
-def load_pruned(path: str | Path) -> nn.Module:
-    """A pruned network saved as a diffusers model folder (``config.json`` + safetensors)."""
-    import diffusers
-
-    folder = Path(path)
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        raise WeightsError(
-            f"prune={str(path)!r} is not a pruned model folder (no config.json); save one with "
-            "diffspeed.compress.prune(...).save_pretrained(folder)"
-        )
-    import json
-
-    cls_name = json.loads(cfg.read_text()).get("_class_name", "UNet2DModel")
-    cls = getattr(diffusers, cls_name, None)
-    if cls is None:
-        raise WeightsError(f"{cfg}: unknown diffusers class {cls_name!r}")
-    try:
-        net = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise WeightsError(f"cannot load the pruned model in {folder}: {e}") from None
-    return net.eval().requires_grad_(False)
+from diffspeed.errors import ConfigError
 
 
 def disk_bytes(path: str | Path) -> int:
@@ -72,7 +46,9 @@ def build_compressed(row: Any, ctx: Any) -> Any:
     den = copy.deepcopy(ctx.denoiser)
     disk = None
     if row.prune is not None:
-        net = load_pruned(row.prune).to(ctx.device)
+        from diffspeed.compress.prune import load_pruned
+
+        net = load_pruned(row.prune, device=ctx.device)
         den.net = den.model = net
         disk = disk_bytes(row.prune)
     scale = ctx.scale(row)
