@@ -19,6 +19,8 @@ from diffspeed.distill import load_student, sample_student
 from diffspeed.errors import DiffspeedError
 from diffspeed.solvers import NoiseSampler, sample, seeded_noise
 from diffspeed.solvers import schedules as schedules
+from diffspeed.tune import apply
+from diffspeed import tune as tune  # noqa: E402 - a callable module: diffspeed.tune(den, ...)
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ __all__ = [
     "NoiseSampler",
     "VEDenoiser",
     "__version__",
+    "apply",
     "apply_cache",
     "from_diffusers",
     "guidance",
@@ -37,6 +40,7 @@ __all__ = [
     "sample_student",
     "schedules",
     "seeded_noise",
+    "tune",
     "vp_continuous",
     "wrap",
 ]

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "diffspeed.distill.cli",
     "diffspeed.cache.cli",
     "diffspeed.models.minisd.cli",
+    "diffspeed.tune.cli",
 )
 
 

@@ -49,6 +49,7 @@ class Row:
         peer: a diffusers scheduler class name, driven step by step on the same model.
         options: extra keyword options of the solver / scheduler / method.
         schedule_options: keyword options of the schedule (e.g. ``{"rho": 7.0}``).
+        tuned: a ``diffspeed tune`` JSON file; the row runs its configuration (kind "tuned").
     """
 
     name: str = ""
@@ -62,12 +63,15 @@ class Row:
     peer: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     schedule_options: dict[str, Any] = field(default_factory=dict)
+    tuned: str | None = None
 
     @property
     def kind(self) -> str:
         """The method name used to look up the builder."""
         if self.method:
             return self.method
+        if self.tuned is not None:
+            return "tuned"
         if self.peer is not None:
             return "peer"
         if self.cache is not None:
@@ -79,7 +83,7 @@ class Row:
         """The row's name, or one derived from its configuration."""
         if self.name:
             return self.name
-        head = self.peer or self.student or self.solver or self.kind
+        head = self.peer or self.student or self.solver or self.tuned or self.kind
         parts = [str(head)]
         if self.steps is not None:
             parts.append(str(self.steps))
@@ -290,7 +294,7 @@ def parse_row_arg(text: str) -> Row:
         else:
             d[key] = (
                 value
-                if key in ("name", "solver", "schedule", "peer", "student")
+                if key in ("name", "solver", "schedule", "peer", "student", "tuned")
                 else (_scalar(value))
             )
     return Row.from_dict(d, f"--row {text!r}")
