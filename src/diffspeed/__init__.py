@@ -5,6 +5,7 @@ The one contract is a denoiser ``D(x, sigma, **cond) -> x0_hat`` (VE convention)
 any registered solver on any schedule.
 """
 
+from diffspeed import tune as tune  # a callable module: diffspeed.tune(den, ...)
 from diffspeed.cache import apply_cache
 from diffspeed.core import (
     Denoiser,
@@ -20,7 +21,6 @@ from diffspeed.errors import DiffspeedError
 from diffspeed.solvers import NoiseSampler, sample, seeded_noise
 from diffspeed.solvers import schedules as schedules
 from diffspeed.tune import apply
-from diffspeed import tune as tune  # noqa: E402 - a callable module: diffspeed.tune(den, ...)
 
 __version__ = "0.1.0"
 

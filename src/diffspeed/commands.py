@@ -187,8 +187,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("grid.png"))
     p.add_argument(
-        "--config", type=Path, default=None, help="a `diffspeed tune` JSON (replaces --solver, "
-        "--steps, --schedule and --guidance)"
+        "--config",
+        type=Path,
+        default=None,
+        help="a `diffspeed tune` JSON (replaces --solver, --steps, --schedule and --guidance)",
     )
     p.set_defaults(func=_sample)
 

@@ -8,7 +8,14 @@ import torch
 import diffspeed
 from diffspeed.cli import main
 from diffspeed.errors import ConfigError
-from diffspeed.tune import Candidate, TunedConfig, load_tuned, parse_budget, parse_quality, save_tuned
+from diffspeed.tune import (
+    Candidate,
+    TunedConfig,
+    load_tuned,
+    parse_budget,
+    parse_quality,
+    save_tuned,
+)
 
 
 def test_parse_quality_forms():
@@ -17,7 +24,9 @@ def test_parse_quality_forms():
     assert (q.metric, q.target, str(q)) == ("fdd-ratio", 1.05, "fdd-ratio<=1.05")
     assert q.passes(1.05) and not q.passes(1.06) and q.passes(1.1, rung=0)
     assert parse_quality("rmse<=0.05").passes(0.04)
-    assert parse_quality("psnr=30").passes(29.5, rung=0) and not parse_quality("psnr=30").passes(29.5)
+    assert parse_quality("psnr=30").passes(29.5, rung=0) and not parse_quality("psnr=30").passes(
+        29.5
+    )
 
 
 def test_unknown_metric_lists_the_allowed_ones(capsys):

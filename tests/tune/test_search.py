@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import FAST
@@ -66,8 +67,8 @@ def test_nfe_budget_is_respected(toy, small_space):
 
 def test_cli_unreachable_exits_nonzero_and_writes_best(tmp_path, monkeypatch, capsys):
     (tmp_path / "my_toy.py").write_text(
-        "import sys\nsys.path.insert(0, %r)\nfrom conftest import make_toy as make\n"
-        % str(__import__("pathlib").Path(__file__).parent)
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from conftest import make_toy as make\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "tuned.json"

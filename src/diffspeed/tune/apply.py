@@ -74,7 +74,10 @@ def _schedule_file(source: Any, tuned: TunedConfig) -> str:
     if isinstance(source, str | Path) and Path(source).is_file():
         return str(Path(source).resolve())
     text = json.dumps({"sigmas": list(tuned.config.sigmas or ())})
-    path = Path(tempfile.gettempdir()) / f"diffspeed-tuned-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+    path = (
+        Path(tempfile.gettempdir())
+        / f"diffspeed-tuned-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+    )
     path.write_text(text)
     return str(path)
 

@@ -66,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Search solver x NFE x schedule (named, AYS/DP tuned on the fly) x "
         "exposure-bias shift x cache x shipped students for the fastest configuration whose "
         "quality meets --quality on held-out validation seeds. Apply the file with "
-        "`diffspeed sample --config`, a bench row `tuned = \"tuned.json\"` or "
-        "diffspeed.apply(pipe_or_denoiser, \"tuned.json\"). Exit status 1 when no "
+        '`diffspeed sample --config`, a bench row `tuned = "tuned.json"` or '
+        'diffspeed.apply(pipe_or_denoiser, "tuned.json"). Exit status 1 when no '
         "configuration meets the bar (the best found is written).",
     )
     p.add_argument(

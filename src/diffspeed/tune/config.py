@@ -164,7 +164,9 @@ def load_tuned(source: str | Path | Mapping[str, Any] | TunedConfig) -> TunedCon
             f"tuned config (kind {KIND!r}); write one with `diffspeed tune ... --out tuned.json`"
         )
     if doc.get("format") != FORMAT:
-        raise ConfigError(f"tuned config format {doc.get('format')!r}; this diffspeed reads {FORMAT}")
+        raise ConfigError(
+            f"tuned config format {doc.get('format')!r}; this diffspeed reads {FORMAT}"
+        )
     return TunedConfig(
         Candidate.from_dict(doc["config"]), str(doc.get("quality", "")), doc.get("report", {})
     )

@@ -86,8 +86,7 @@ def parse_budget(text: str | int | Budget | None) -> Budget:
                 raise ValueError
         except ValueError:
             raise ConfigError(
-                f"budget {text!r}: write nfe=N and/or latency=20ms (per image), e.g. "
-                "--budget nfe=8"
+                f"budget {text!r}: write nfe=N and/or latency=20ms (per image), e.g. --budget nfe=8"
             ) from None
     if (nfe is not None and nfe < 1) or (lat is not None and lat <= 0):
         raise ConfigError(f"budget {text!r} must be positive")
@@ -149,7 +148,9 @@ class TuneResult:
             (False: none did; ``tuned`` is then the best found and ``message`` says so).
         message: a one-paragraph summary.
         trials: every candidate evaluated.
-        cost: ``{"nfe", "sample_evals", "seconds", ...}`` the search itself spent.
+        cost: what the search itself spent: ``nfe`` (network calls), ``sample_evals`` (calls x
+            batch), ``seconds`` (wall), ``cpu_seconds`` (process CPU time over all threads; on a
+            shared machine it measures the work better than the wall time does).
     """
 
     tuned: TunedConfig
@@ -305,7 +306,12 @@ class _Search:
         from diffspeed.solvers.sampling import sample
         from diffspeed.solvers.schedules import get_sigmas
 
-        key = (method, solver if method == "ays" else None, steps, base if method == "ays" else None)
+        key = (
+            method,
+            solver if method == "ays" else None,
+            steps,
+            base if method == "ays" else None,
+        )
         if key in self.schedules:
             return self.schedules[key]
         m = min(SCHEDULE_NOISES, len(self.noise))
@@ -412,13 +418,13 @@ def _refine(s: _Search, top: list[Trial]) -> None:
                         break
         for shift in s.space.time_shifts:
 
-            def shifted(k: int, shift: float = shift) -> Candidate:
+            def shifted(k: int, shift: float = shift, c: Candidate = c) -> Candidate:
                 return replace(c, steps=k, time_shift=shift)
 
             s.scan(shifted, range(max(1, k_star - 3), k_star))
         for cache in s.space.caches:
 
-            def cached(k: int, cache: dict = cache) -> Candidate:
+            def cached(k: int, cache: dict = cache, c: Candidate = c) -> Candidate:
                 return replace(c, steps=k, cache=dict(cache))
 
             limit = SOLVERS[c.solver].steps_for_nfe(s.max_nfe)
@@ -520,7 +526,7 @@ def tune(
     n_val = int(validation or VALIDATION[q.metric])
     distance = fdd if q.metric == "fdd-ratio" else None
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     nfe_start = denoiser.nfe
     say(f"reference on {rungs[-1]} calibration noises (heun {reference_steps} karras)")
     s = _Search(denoiser, q, b, space, guidance, rungs, distance, reference_steps, seed,
@@ -534,14 +540,18 @@ def tune(
 
     say(f"validation reference: {n_val} samples, seeds from {validation_seed}")
     val = reference_set(
-        ReferenceSpec(n=n_val, seed=validation_seed, guidance=guidance, solver="heun",
-                      steps=reference_steps, schedule="karras"),  # fmt: skip
+        ReferenceSpec(
+            n=n_val,
+            seed=validation_seed,
+            guidance=guidance,
+            solver="heun",
+            steps=reference_steps,
+            schedule="karras",
+        ),  # fmt: skip
         denoiser=denoiser,
     )
     trials = [t for t in s.trials.values() if t is not None]
-    queue = sorted(
-        (t for t in trials if t.status == "passed"), key=lambda t: (t.latency_s, t.nfe)
-    )
+    queue = sorted((t for t in trials if t.status == "passed"), key=lambda t: (t.latency_s, t.nfe))
     chosen: Trial | None = None
     for t in queue:
         ok = True
@@ -574,6 +584,8 @@ def tune(
         "nfe": denoiser.nfe - nfe_start,
         "sample_evals": s.sample_evals,
         "seconds": time.perf_counter() - t_start,
+        "cpu_seconds": time.process_time() - cpu_start,
+        "threads": torch.get_num_threads(),
         "candidates": len(trials),
         "reference_nfe": s.reference_nfe,
         "schedule_nfe": s.schedule_nfe,
@@ -587,8 +599,11 @@ def tune(
         "nfe": chosen.nfe,
         "latency_ms_estimate": 1e3 * chosen.latency_s,
         "tuning": {"value": tuning_value, "noises": chosen.sizes[max(chosen.sizes)]},
-        "validation": {"value": chosen.validation, "samples": n_val,
-                       "seeds": f"{validation_seed * 1_000_003}..+{n_val - 1}"},  # fmt: skip
+        "validation": {
+            "value": chosen.validation,
+            "samples": n_val,
+            "seeds": f"{validation_seed * 1_000_003}..+{n_val - 1}",
+        },  # fmt: skip
         "shift": chosen.validation - tuning_value,
         "budget": str(b),
         "guidance": guidance,
@@ -613,11 +628,6 @@ def tune(
         )
         log.warning("tune: %s", message)
     return TuneResult(TunedConfig(c, str(q), report), met, message, trials, cost)
-
-
-def tune_model(model: str | None, **kwargs: Any) -> TuneResult:
-    """:func:`tune` on a model named like ``diffspeed bench --model`` (see :func:`load_tune_model`)."""
-    return tune(load_tune_model(model), **kwargs)
 
 
 def load_tune_model(model: str | None, device: str | None = None) -> Any:
@@ -653,4 +663,3 @@ def _pipeline_denoiser(model: str | None, folder: str | None, load: Callable, de
         )
     net.to(dev).eval().requires_grad_(False)
     return from_diffusers(net, pipe.scheduler)
-
