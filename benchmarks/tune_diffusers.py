@@ -92,7 +92,7 @@ def native_loop(pipe, scheduler, noise: torch.Tensor, steps: int) -> tuple[torch
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--folder", type=Path, default=Path("runs/tune/vpred-cosine"))
-    ap.add_argument("--train-steps", type=int, default=3000)
+    ap.add_argument("--train-steps", type=int, default=1200)
     ap.add_argument("--quality", default="psnr=30")
     ap.add_argument("--validation", type=int, default=100)
     ap.add_argument("--max-steps", type=int, default=40)

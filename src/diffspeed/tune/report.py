@@ -16,6 +16,7 @@ STATUS_COLORS = {
     "chosen": "#d62728",
     "best found": "#d62728",
     "rejected": "#9467bd",
+    "met (slower)": "#1f77b4",
     "passed": "#2ca02c",
     "over budget": "#bcbd22",
     "pruned": "#bbbbbb",
@@ -39,11 +40,20 @@ def plot_trials(result: Any, path: Path) -> Path:
     pts = [(1e3 * t.latency_s, -t.best_value if higher else t.best_value) for t in trials]
     front = pareto_front(pts)
     fig, ax = plt.subplots(figsize=(9, 5.6))
-    for status in sorted({t.status for t in trials}):
+    picked = ("chosen", "best found")
+    statuses = sorted({t.status for t in trials}, key=lambda st: (st in picked, st))
+    for status in statuses:  # the chosen one last, on top
         idx = [i for i, t in enumerate(trials) if t.status == status]
-        ax.scatter([pts[i][0] for i in idx], [trials[i].best_value for i in idx], s=26,
-                   color=_color(status), label=status, zorder=3, edgecolor="white",
-                   linewidth=0.4)  # fmt: skip
+        big = status in picked
+        ax.scatter([pts[i][0] for i in idx], [trials[i].best_value for i in idx],
+                   s=90 if big else 26, color=_color(status), label=status,
+                   zorder=5 if big else 3, edgecolor="black" if big else "white",
+                   linewidth=0.8 if big else 0.4)  # fmt: skip
+        if big:
+            for i in idx:
+                ax.annotate(trials[i].candidate.label, (pts[i][0], trials[i].best_value),
+                            xytext=(6, -12), textcoords="offset points", fontsize=8,
+                            fontweight="bold")  # fmt: skip
     fx = [pts[i][0] for i in front]
     fy = [trials[i].best_value for i in front]
     ax.step(fx, fy, where="post", color="black", lw=1.1, alpha=0.7, label="Pareto front")

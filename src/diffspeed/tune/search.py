@@ -1,14 +1,15 @@
 """``diffspeed.tune``: the fastest configuration of a model that meets a quality bar.
 
-The search, in four stages, all on calibration noises (seeds from
+The search, all on calibration noises (seeds from
 :data:`~diffspeed.solvers.optimize.CALIBRATION_SEED_BASE`) whose high-accuracy reference
 samples are computed once and shared by every candidate and by the schedule optimiser:
 
-1. **Branches** (solver x named schedule): step counts are tried in increasing order on the
+1. **Students** (the shipped distilled ones, when the model is the embedded teacher) are tried
+   first; one that survives stage 4 bounds the rest: nothing estimated slower is tried.
+2. **Branches** (solver x named schedule): step counts are tried in increasing order on the
    first rung (a few noises; within a margin of the target a candidate is kept); a branch
    stops at its first step count meeting the target outright, since more steps are only
-   slower (early stopping of dominated branches).
-2. **Students** (the shipped distilled ones, when the model is the embedded teacher).
+   slower, or once it is estimated slower than the bound (early stopping).
 3. **Refinements** of the ``top_branches`` fastest passing branches: AYS / DP schedules tuned
    on the fly for fewer steps, exposure-bias shifts, cache configs, and extension dimensions.
 4. **Successive halving and validation**: the first-rung survivors, in order of estimated
@@ -221,6 +222,8 @@ class _Search:
                                          guidance)  # fmt: skip
         self.schedules: dict[tuple, tuple[float, ...] | None] = {}
         self.schedule_nfe = 0
+        #: latency of the fastest configuration validated so far: slower ones are not tried
+        self.bound = math.inf
 
     def _cond(self, sl: slice) -> dict[str, Any]:
         return self.den.cond_spec.select(self.cond, sl) if self.cond else {}
@@ -252,12 +255,19 @@ class _Search:
         return b.latency_s is None or trial.latency_s <= b.latency_s
 
     def try_rung0(self, cand: Candidate) -> Trial | None:
-        """Evaluate ``cand`` on rung 0 (once); None when it cannot run on this model."""
+        """Evaluate ``cand`` on rung 0 (once); None when it cannot run on this model or is
+        estimated slower than the best configuration validated so far."""
         from diffspeed.errors import DiffspeedError
 
         key = cand.label + repr(cand.sigmas)
         if key in self.trials:
             return self.trials[key]
+        if self.bound < math.inf and not (cand.cache or cand.student or cand.extensions):
+            from diffspeed.solvers.registry import SOLVERS
+
+            nfe = SOLVERS[cand.solver].nfe(int(cand.steps or 1))
+            if self.latency.estimate(cand, nfe, nfe) / self.timing_batch >= self.bound:
+                return None  # slower than a configuration already validated: not tried
         try:
             v, stats = self.value(cand, 0)
         except DiffspeedError as e:  # e.g. a cache that does not support this network
@@ -287,7 +297,7 @@ class _Search:
             trial = self.try_rung0(cand)
             if trial is None:
                 return None
-            if trial.latency_s > stop_above:
+            if trial.latency_s > min(stop_above, self.bound):
                 return None
             if trial.status == "over budget":
                 return None
@@ -452,6 +462,35 @@ def _validate(s: _Search, trial: Trial, validation: Any) -> float:
     return measure(s.q, x, validation.samples, s.distance, ref_d)
 
 
+def _halving(s: _Search, val: Any) -> Trial | None:
+    """Stage 4: first-rung survivors faster than ``s.bound``, fastest first, climb the rungs
+    (a failure drops them) and are re-checked on the validation seeds; the first to meet the
+    constraint there is returned (and bounds the rest of the search), one that fails is
+    rejected."""
+    q, rungs = s.q, s.rungs
+    trials = [t for t in s.trials.values() if t is not None and t.status == "passed"]
+    for t in sorted(trials, key=lambda t: (t.latency_s, t.nfe)):
+        if t.latency_s >= s.bound:
+            break
+        ok = True
+        for r in range(1, len(rungs)):
+            v, _ = s.value(t.candidate, r)
+            t.values[r], t.sizes[r] = v, rungs[r]
+            if not q.passes(v, r if r < len(rungs) - 1 else 2):
+                t.status, ok = f"dropped@r{r}", False
+                break
+        if not ok:
+            continue
+        t.validation = _validate(s, t, val)
+        if q.passes(t.validation):
+            t.status = "chosen"
+            s.bound = t.latency_s
+            return t
+        t.status = "rejected"
+        s.say(f"{t.candidate.label}: passed tuning, failed validation ({t.validation:.4g})")
+    return None
+
+
 def tune(
     denoiser: Any,
     quality: str | Quality = "psnr=30",
@@ -532,12 +571,6 @@ def tune(
     s = _Search(denoiser, q, b, space, guidance, rungs, distance, reference_steps, seed,
                 timing_batch, say)  # fmt: skip
 
-    passers = _named_branches(s)
-    for name in space.students or ():
-        s.try_rung0(Candidate(student=name, guidance=guidance))
-    top = sorted(passers, key=lambda t: (t.latency_s, t.nfe))[: space.top_branches]
-    _refine(s, top)
-
     say(f"validation reference: {n_val} samples, seeds from {validation_seed}")
     val = reference_set(
         ReferenceSpec(
@@ -547,28 +580,22 @@ def tune(
             solver="heun",
             steps=reference_steps,
             schedule="karras",
-        ),  # fmt: skip
+        ),
         denoiser=denoiser,
     )
+    # the students first: one validated early bounds everything slower out of the search
+    for name in space.students or ():
+        s.try_rung0(Candidate(student=name, guidance=guidance))
+    chosen = _halving(s, val)
+    passers = _named_branches(s)
+    top = sorted(passers, key=lambda t: (t.latency_s, t.nfe))[: space.top_branches]
+    _refine(s, top)
+    faster = _halving(s, val)
+    if faster is not None:
+        if chosen is not None:
+            chosen.status = "met (slower)"
+        chosen = faster
     trials = [t for t in s.trials.values() if t is not None]
-    queue = sorted((t for t in trials if t.status == "passed"), key=lambda t: (t.latency_s, t.nfe))
-    chosen: Trial | None = None
-    for t in queue:
-        ok = True
-        for r in range(1, len(rungs)):
-            v, _ = s.value(t.candidate, r)
-            t.values[r], t.sizes[r] = v, rungs[r]
-            if not q.passes(v, r if r < len(rungs) - 1 else 2):
-                t.status, ok = f"dropped@r{r}", False
-                break
-        if not ok:
-            continue
-        t.validation = _validate(s, t, val)
-        if q.passes(t.validation):
-            t.status, chosen = "chosen", t
-            break
-        t.status = "rejected"
-        say(f"{t.candidate.label}: passed tuning, failed validation ({t.validation:.4g})")
 
     met = chosen is not None
     if chosen is None:  # best quality found at the deepest rung reached, validated
