@@ -72,3 +72,12 @@ def test_not_a_tuned_file(tmp_path):
         load_tuned(tmp_path / "x.json")
     with pytest.raises(ConfigError, match="unknown key"):
         Candidate.from_dict({"solver": "ddim", "stepz": 3})
+
+
+def test_latency_model_counts_cached_calls_at_their_fraction():
+    from diffspeed.tune.latency import LatencyModel, _cache_key
+
+    cache = {"method": "deepcache", "interval": 2}
+    m = LatencyModel({"teacher": 0.01}, {"teacher": 0.002}, {_cache_key(cache): 0.25})
+    assert m.estimate("teacher", 8, 8, None) == pytest.approx(0.082)
+    assert m.estimate("teacher", 8, 4, cache) == pytest.approx(0.002 + 0.04 + 4 * 0.0025)

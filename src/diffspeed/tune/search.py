@@ -1,8 +1,8 @@
 """``diffspeed.tune``: the fastest configuration of a model that meets a quality bar.
 
-The search, all on calibration noises (seeds from
-:data:`~diffspeed.solvers.optimize.CALIBRATION_SEED_BASE`) whose high-accuracy reference
-samples are computed once and shared by every candidate and by the schedule optimiser:
+The search, all on calibration noises (a reference set with seeds from about 2e9, see
+:data:`CALIBRATION_SPEC_SEED`) whose high-accuracy reference samples are computed once (and
+cached on disk) and shared by every candidate and by the schedule optimiser:
 
 1. **Students** (the shipped distilled ones, when the model is the embedded teacher) are tried
    first; one that survives stage 4 bounds the rest: nothing estimated slower is tried.
@@ -47,6 +47,9 @@ log = logging.getLogger("diffspeed")
 RUNGS = {"psnr": (8, 32, 96), "rmse": (8, 32, 96), "fdd-ratio": (100, 250, 500)}
 #: Default validation sizes: the first samples of the reference set (seeds 0 .. n-1).
 VALIDATION = {"psnr": 100, "rmse": 100, "fdd-ratio": 1000}
+#: ``ReferenceSpec.seed`` of the calibration sets (plus the search's ``seed``): their noise
+#: seeds ``seed * 1_000_003 + i`` start near 2e9, disjoint from the validation sets' (0, 1, ...).
+CALIBRATION_SPEC_SEED = 2000
 #: Calibration noises used by the schedule optimiser (AYS / DP).
 SCHEDULE_NOISES = 16
 
@@ -184,35 +187,25 @@ class _Search:
                  guidance: float, rungs: tuple[int, ...], distance: Callable | None,
                  reference_steps: int, seed: int, timing_batch: int,
                  progress: Callable[[str], None]) -> None:  # fmt: skip
-        from diffspeed.eval.reference import reference_sampler
-        from diffspeed.solvers import sample, seeded_noise
-        from diffspeed.solvers.optimize import CALIBRATION_SEED_BASE
+        from diffspeed.eval.reference import ReferenceSpec, reference_set
 
         self.den, self.q, self.budget, self.space = den, quality, budget, space
         self.guidance, self.rungs, self.distance = guidance, rungs, distance
         self.say = progress
         self.runner = Runner(den)
-        spec = den.cond_spec
-        shape = tuple(spec.sample_shape)
-        n = rungs[-1]
-        base = CALIBRATION_SEED_BASE + 100_003 * seed
-        self.seeds = [base + i for i in range(n)]
-        self.noise = seeded_noise(self.seeds, shape)
-        self.cond = {k: torch.as_tensor(v) for k, v in spec.example_cond(n).items()}
-        self.t0 = time.perf_counter()
-        self.sample_evals = 0
-        ref_den = reference_sampler(den, guidance)
+        # the calibration set is a reference set (cached on disk like the validation one)
+        # whose seeds start near 2e9: disjoint from the validation seeds (0, 1, ...)
         nfe0 = den.nfe
-        outs = []
-        for i in range(0, n, 250):
-            sl = slice(i, i + 250)
-            x = sample(ref_den, self.noise[sl], "heun", reference_steps, "karras",
-                       cond=self._cond(sl))  # fmt: skip
-            outs.append(x.float().cpu())
-            self.sample_evals += (den.nfe - nfe0) * len(self.noise[sl])
-            nfe0 = den.nfe
-        self.ref = torch.cat(outs)
-        self.reference_nfe = 2 * reference_steps - 1
+        cal = reference_set(
+            ReferenceSpec(n=rungs[-1], seed=CALIBRATION_SPEC_SEED + seed, guidance=guidance,
+                          solver="heun", steps=reference_steps, schedule="karras"),
+            denoiser=den,
+        )  # fmt: skip
+        self.seeds = cal.spec.seeds()
+        self.noise, self.cond, self.ref = cal.noise, cal.cond, cal.samples
+        self.t0 = time.perf_counter()
+        self.sample_evals = (den.nfe - nfe0) * rungs[-1]
+        self.reference_nfe = den.nfe - nfe0
         self.ref_distance = {m: float(distance(self.ref[:m])) for m in rungs} if distance else {}
         self.kept: dict[str, tuple[torch.Tensor, Any]] = {}
         self.trials: dict[str, Trial] = {}
@@ -563,6 +556,11 @@ def tune(
     if len(rungs) < 1 or any(b2 < a for a, b2 in zip(rungs, rungs[1:], strict=False)):
         raise ConfigError(f"rungs must be a non-decreasing list of noise counts, got {rungs}")
     n_val = int(validation or VALIDATION[q.metric])
+    if validation_seed == CALIBRATION_SPEC_SEED + seed:
+        raise ConfigError(
+            f"validation_seed {validation_seed} is the calibration set's seed; validation "
+            "must use other noises (the default 0 is the report set)"
+        )
     distance = fdd if q.metric == "fdd-ratio" else None
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
