@@ -41,6 +41,13 @@ def _tune(args, students: bool, tag: str) -> tuple[Path, dict]:
     return path, {"wall_s": wall, **res.tuned.report}
 
 
+def _earlier(args, tag: str) -> tuple[Path, dict]:
+    """A tuned file written by an earlier run, with its report."""
+    path = Path(args.runs) / f"tuned-{tag}.json"
+    report = json.loads(path.read_text())["report"]
+    return path, {"wall_s": report["search_cost"]["seconds"], **report}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quality", default="fdd-ratio=1.05")
@@ -50,19 +57,30 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--runs", default="runs/tune")
     ap.add_argument("--no-students", action="store_true", help="also tune without students")
+    ap.add_argument("--rows", default="", help="demo rows to bench (names; default: all)")
+    ap.add_argument(
+        "--bench-only", action="store_true", help="bench the tuned files of an earlier run"
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/tune_digits.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     bar = float(args.quality.split("=")[1])
 
-    tuned = {"tuned": _tune(args, True, "all")}
+    tuned = {"tuned": _earlier(args, "all") if args.bench_only else _tune(args, True, "all")}
     if args.no_students:
-        tuned["tuned (no students)"] = _tune(args, False, "no-students")
+        tag = "no-students"
+        tuned["tuned (no students)"] = (
+            _earlier(args, tag) if args.bench_only else _tune(args, False, tag)
+        )
 
     plan = demo_plan()
     settings = replace(plan.settings, samples=args.samples, reference_steps=100,
                        repeats=args.repeats, threads=args.threads)  # fmt: skip
-    rows = plan.rows + tuple(Row(name=k, tuned=str(p)) for k, (p, _) in tuned.items())
+    demo = plan.rows
+    if args.rows:
+        wanted = [n.strip() for n in args.rows.split(",")]
+        demo = tuple(r for r in plan.rows if r.label in wanted)
+    rows = demo + tuple(Row(name=k, tuned=str(p)) for k, (p, _) in tuned.items())
     results = run_bench(BenchPlan(settings, rows), Path(args.runs) / "bench", resume=False)
     ref_fdd = results["reference"]["fdd"]
     recs = [dict(r, name=n) for n, r in results["rows"].items()]

@@ -455,15 +455,38 @@ def _validate(s: _Search, trial: Trial, validation: Any) -> float:
     return measure(s.q, x, validation.samples, s.distance, ref_d)
 
 
+def _next_in_branch(s: _Search, t: Trial) -> Trial | None:
+    """After ``t`` failed a larger rung or validation: the next step counts of its branch on
+    rung 0, up to the first one kept there (None when the branch is exhausted or too slow)."""
+    from diffspeed.solvers.registry import SOLVERS
+
+    c = t.candidate
+    if c.student or c.sigmas is not None or c.steps is None:
+        return None  # fixed recipes and tuned schedules have no next step count here
+    for k in range(int(c.steps) + 1, SOLVERS[c.solver].steps_for_nfe(s.max_nfe) + 1):
+        trial = s.try_rung0(replace(c, steps=k))
+        if trial is None or trial.status == "over budget":
+            return None
+        if trial.status == "passed" and trial.latency_s < s.bound:
+            return trial
+    return None
+
+
 def _halving(s: _Search, val: Any) -> Trial | None:
     """Stage 4: first-rung survivors faster than ``s.bound``, fastest first, climb the rungs
     (a failure drops them) and are re-checked on the validation seeds; the first to meet the
     constraint there is returned (and bounds the rest of the search), one that fails is
-    rejected."""
+    rejected. A dropped or rejected candidate's branch resumes at its next step count."""
+    import heapq
+
     q, rungs = s.q, s.rungs
-    trials = [t for t in s.trials.values() if t is not None and t.status == "passed"]
-    for t in sorted(trials, key=lambda t: (t.latency_s, t.nfe)):
-        if t.latency_s >= s.bound:
+    heap = [(t.latency_s, t.nfe, i, t) for i, t in enumerate(s.trials.values())
+            if t is not None and t.status == "passed"]  # fmt: skip
+    heapq.heapify(heap)
+    order = len(heap)
+    while heap:
+        lat, _, _, t = heapq.heappop(heap)
+        if lat >= s.bound:
             break
         ok = True
         for r in range(1, len(rungs)):
@@ -472,15 +495,18 @@ def _halving(s: _Search, val: Any) -> Trial | None:
             if not q.passes(v, r if r < len(rungs) - 1 else 2):
                 t.status, ok = f"dropped@r{r}", False
                 break
-        if not ok:
-            continue
-        t.validation = _validate(s, t, val)
-        if q.passes(t.validation):
-            t.status = "chosen"
-            s.bound = t.latency_s
-            return t
-        t.status = "rejected"
-        s.say(f"{t.candidate.label}: passed tuning, failed validation ({t.validation:.4g})")
+        if ok:
+            t.validation = _validate(s, t, val)
+            if q.passes(t.validation):
+                t.status = "chosen"
+                s.bound = t.latency_s
+                return t
+            t.status = "rejected"
+            s.say(f"{t.candidate.label}: passed tuning, failed validation ({t.validation:.4g})")
+        nxt = _next_in_branch(s, t)
+        if nxt is not None and nxt.values.keys() == {0}:
+            order += 1
+            heapq.heappush(heap, (nxt.latency_s, nxt.nfe, order, nxt))
     return None
 
 
@@ -645,6 +671,14 @@ def tune(
             f"(target {q}); search: {len(trials)} candidates, {cost['nfe']} network calls, "
             f"{cost['seconds']:.1f} s"
         )
+    elif q.passes(chosen.validation):
+        message = (
+            f"no configuration met {q} (budget {b}) on both the calibration noises and the "
+            f"validation samples; the best found, {c.label}, reaches {chosen.validation:.4g} on "
+            f"{n_val} validation samples but missed on calibration. Re-tune with another seed, "
+            "a looser target or a larger max_nfe"
+        )
+        log.warning("tune: %s", message)
     else:
         message = (
             f"no configuration met {q} (budget {b}) on the validation samples; the best found "
