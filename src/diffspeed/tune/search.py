@@ -488,6 +488,8 @@ def _halving(s: _Search, val: Any) -> Trial | None:
         lat, _, _, t = heapq.heappop(heap)
         if lat >= s.bound:
             break
+        if t.status != "passed":  # queued twice (resumed from a branch): already decided
+            continue
         ok = True
         for r in range(1, len(rungs)):
             v, _ = s.value(t.candidate, r)
