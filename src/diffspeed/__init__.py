@@ -5,6 +5,7 @@ The one contract is a denoiser ``D(x, sigma, **cond) -> x0_hat`` (VE convention)
 any registered solver on any schedule.
 """
 
+from diffspeed import tune as tune  # a callable module: diffspeed.tune(den, ...)
 from diffspeed.cache import apply_cache
 from diffspeed.core import (
     Denoiser,
@@ -19,6 +20,7 @@ from diffspeed.distill import load_student, sample_student
 from diffspeed.errors import DiffspeedError
 from diffspeed.solvers import NoiseSampler, sample, seeded_noise
 from diffspeed.solvers import schedules as schedules
+from diffspeed.tune import apply
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ __all__ = [
     "NoiseSampler",
     "VEDenoiser",
     "__version__",
+    "apply",
     "apply_cache",
     "from_diffusers",
     "guidance",
@@ -37,6 +40,7 @@ __all__ = [
     "sample_student",
     "schedules",
     "seeded_noise",
+    "tune",
     "vp_continuous",
     "wrap",
 ]

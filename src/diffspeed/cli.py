@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "diffspeed.cache.cli",
     "diffspeed.compress.cli",
     "diffspeed.models.minisd.cli",
+    "diffspeed.tune.cli",
 )
 
 

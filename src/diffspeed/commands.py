@@ -121,6 +121,14 @@ def _sample(args: argparse.Namespace) -> int:
     if args.guidance != 1.0:
         den = guided_teacher(args.guidance, den)
     noise = seeded_noise(range(args.seed, args.seed + len(y)), den.cond_spec.sample_shape)
+    if args.config is not None:  # a `diffspeed tune` file: its solver, schedule, cache, ...
+        from diffspeed.tune import apply
+
+        run = apply(load_teacher(args.teacher), args.config)
+        x = run(noise, label_cond(y), seeds=list(range(args.seed, args.seed + len(y))))
+        save_grid(x, args.out, nrow=args.per_label, title=f"{run.candidate.label}, NFE {run.nfe}")
+        print(f"wrote {args.out} ({len(y)} samples, {run.candidate.label}, NFE {run.nfe})")
+        return 0
     x, info = sample(
         den,
         noise,
@@ -282,6 +290,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG file to write")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a `diffspeed tune` JSON (replaces --solver, --steps, --schedule and --guidance)",
+    )
     p.set_defaults(func=_sample)
 
     p = sub.add_parser(

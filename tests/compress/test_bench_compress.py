@@ -1,5 +1,7 @@
 """Bench keys quant / prune / compile / dtype / memory_format, and the CLI commands."""
 
+import tempfile
+
 import pytest
 import torch
 
@@ -49,8 +51,10 @@ def test_bad_compress_rows_are_refused():
     ctx = _ctx()
     with pytest.raises(ConfigError, match="supported"):
         build_generator(parse_row_arg("solver=ddim,steps=2,compile=fastest"), ctx)
-    with pytest.raises(WeightsError, match="not a pruned model folder"):
+    with pytest.raises(WeightsError, match="is not a folder"):
         build_generator(parse_row_arg("solver=ddim,steps=2,prune=/nonexistent"), ctx)
+    with tempfile.TemporaryDirectory() as empty, pytest.raises(WeightsError, match="save_pruned"):
+        build_generator(parse_row_arg(f"solver=ddim,steps=2,prune={empty}"), ctx)
     with pytest.raises(ConfigError, match="trajectories"):
         row = "solver=ddim,steps=2,quant.format=w8a8,quant.calibration=forward"
         build_generator(parse_row_arg(row), ctx)

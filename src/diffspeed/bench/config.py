@@ -60,6 +60,7 @@ class Row:
         compile: a ``torch.compile`` mode (``"default"``, ``"max-autotune"``, ...).
         dtype: ``"float16"`` or ``"bfloat16"`` weights.
         memory_format: ``"channels_last"``.
+        tuned: a ``diffspeed tune`` JSON file; the row runs its configuration (kind "tuned").
     """
 
     name: str = ""
@@ -78,12 +79,15 @@ class Row:
     compile: str | None = None
     dtype: str | None = None
     memory_format: str | None = None
+    tuned: str | None = None
 
     @property
     def kind(self) -> str:
         """The method name used to look up the builder."""
         if self.method:
             return self.method
+        if self.tuned is not None:
+            return "tuned"
         if any(getattr(self, k) is not None for k in COMPRESS_KEYS):
             return "compress"
         if self.peer is not None:
@@ -97,7 +101,7 @@ class Row:
         """The row's name, or one derived from its configuration."""
         if self.name:
             return self.name
-        head = self.peer or self.student or self.solver or self.kind
+        head = self.peer or self.student or self.solver or self.tuned or self.kind
         parts = [str(head)]
         if self.steps is not None:
             parts.append(str(self.steps))
@@ -346,7 +350,8 @@ def parse_row_arg(text: str) -> Row:
         else:
             d[key] = (
                 value
-                if key in ("name", "solver", "schedule", "peer", "student", *COMPRESS_KEYS[1:])
+                if key
+                in ("name", "solver", "schedule", "peer", "student", "tuned", *COMPRESS_KEYS[1:])
                 else (_scalar(value))
             )
     return Row.from_dict(d, f"--row {text!r}")

@@ -337,3 +337,18 @@ def _compress(row: Row, ctx: BenchContext) -> Generator:
     from diffspeed.compress.bench import build_compressed
 
     return build_compressed(row, ctx)
+
+
+@register_method("tuned", family="other")
+def _tuned(row: Row, ctx: BenchContext) -> Generator:
+    """A ``diffspeed tune`` file's configuration (``tuned = "tuned.json"``)."""
+    from diffspeed.tune.apply import TunedSampler
+    from diffspeed.tune.config import load_tuned
+
+    tuned = load_tuned(row.tuned)
+    if row.guidance is not None and float(row.guidance) != tuned.config.guidance:
+        raise ConfigError(
+            f"row {row.label!r}: {row.tuned} was tuned at guidance {tuned.config.guidance}; "
+            "drop 'guidance' from the row or re-tune at the scale you want"
+        )
+    return TunedSampler(ctx.denoiser, tuned, ctx.device, ctx.model_size_bytes)
