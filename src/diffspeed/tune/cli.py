@@ -69,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         '`diffspeed sample --config`, a bench row `tuned = "tuned.json"` or '
         'diffspeed.apply(pipe_or_denoiser, "tuned.json"). Exit status 1 when no '
         "configuration meets the bar (the best found is written).",
+        epilog="example: diffspeed tune --quality psnr=30 --budget nfe=10 --out tuned.json",
     )
     p.add_argument(
         "--model",
@@ -97,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validation", type=int, default=None, help="validation samples")
     p.add_argument("--reference-steps", type=int, default=100, help="Heun reference steps")
     p.add_argument("--seed", type=int, default=0, help="calibration-noise seed")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default=None, help="cpu, cuda, ...")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_tune)
