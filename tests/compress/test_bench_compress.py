@@ -67,3 +67,20 @@ def test_cli_commands_registered():
     assert args.format == "w8a8" and args.act_groups == 4 and args.keep == "conv_in,conv_out"
     args = build_parser().parse_args(["optimize", "--compile", "default", "--fullgraph"])
     assert args.compile == "default" and args.fullgraph
+
+
+def test_a_compress_row_reaches_the_report_with_its_disk_column(tmp_path, monkeypatch):
+    from diffspeed.bench.config import load_plan
+    from diffspeed.bench.runner import run_bench
+
+    monkeypatch.setenv("DIFFSPEED_CACHE", str(tmp_path / "cache"))
+    toml = tmp_path / "b.toml"
+    toml.write_text(
+        "[settings]\nsamples = 10\nbatch_size = 10\nwarmup = 0\nrepeats = 1\nthreads = 1\n"
+        'reference_steps = 4\nbaseline = {solver = "ddim", steps = 3}\n\n'
+        '[[row]]\nname = "ddim-2+int8"\nsolver = "ddim"\nsteps = 2\n'
+        'quant = {format = "int8_weight", backend = "fake"}\n'
+    )
+    run_bench(load_plan(toml), tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "disk MB" in report and "ddim-2+int8" in report

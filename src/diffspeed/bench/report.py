@@ -116,7 +116,9 @@ COLUMN_NOTES = {
     "RMSE": "root-mean-square difference to the fidelity reference's samples",
     "peak MB": "peak memory above the level before the call while generating one quality "
     "batch (the method is stated under the table)",
-    "size MB": "bytes of the network's weights",
+    "size MB": "bytes of the network's weights in memory (a quantized row: its packed or "
+    "fake-quant codes and scales)",
+    "disk MB": "bytes of the row's weight files on disk (compress rows; blank for the others)",
 }
 
 #: What each column of a pipeline bench means (a line per column in its ``report.md``).
