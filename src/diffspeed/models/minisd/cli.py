@@ -76,7 +76,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-steps", type=int, default=16, help="DDIM steps of the first teacher")
     p.add_argument("--final-steps", type=int, default=4, help="steps of the last student")
     p.add_argument(
-        "--steps", default="1000,1000", help="optimisation steps per round, comma-separated"
+        "--steps", default="500,700", help="optimisation steps per round, comma-separated"
+    )
+    p.add_argument(
+        "--substeps",
+        type=int,
+        default=1,
+        help="first round: second-order substeps per teacher half step (1: two DDIM steps)",
     )
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW, cosine)")
     p.add_argument("--seed", type=int, default=0, help="seed of the captions and data order")
@@ -142,7 +148,7 @@ def _train_student(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     final = train_student(
         args.out, teacher_steps=args.teacher_steps, final_steps=args.final_steps, steps=steps,
-        lr=args.lr, seed=args.seed, progress=True,
+        lr=args.lr, substeps=args.substeps, seed=args.seed, progress=True,
     )  # fmt: skip
     for student in sorted(Path(args.out).glob("round-*/student.safetensors")):
         n = student.parent.name.split("-")[1]
