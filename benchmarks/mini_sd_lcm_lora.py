@@ -19,7 +19,7 @@ import torch
 
 from diffspeed.integrations.diffusers import Scheduler
 from diffspeed.models.minisd.lora import GUIDANCE, mini_sd_lcm_lora_path
-from diffspeed.models.minisd.quality import generate, load_pipeline, score
+from diffspeed.models.minisd.quality import generate, load_pipeline, reference, score
 
 
 def main() -> None:
@@ -36,8 +36,7 @@ def main() -> None:
     seeds = range(args.n)
     pipe = load_pipeline()
     config = pipe.scheduler.config
-    pipe.scheduler = Scheduler.from_config(config, solver="heun", schedule="karras")
-    ref = score(generate(pipe, seeds, steps=100, guidance=GUIDANCE))
+    ref = score(reference(pipe, seeds, guidance=GUIDANCE))
     lines = [
         f"mini-sd LCM-LoRA, {args.n} report samples, {os.cpu_count()} cores, load "
         f"{os.getloadavg()[0]:.2f} at start; reference (Heun 100 Karras, w = {GUIDANCE}) FDD "

@@ -28,6 +28,7 @@ from diffspeed.models.minisd import data as msd
 from diffspeed.models.minisd.finetune import style_reference
 from diffspeed.models.minisd.lora import GUIDANCE, mini_sd_lcm_lora_path
 from diffspeed.models.minisd.quality import Samples, generate, load_pipeline
+from diffspeed.models.minisd.quality import reference as reference_samples
 
 
 def score(samples: Samples, reference) -> dict[str, float]:
@@ -57,8 +58,7 @@ def main() -> None:
     reference = style_reference(args.style)
     pipe = load_pipeline(args.finetune)
     config = pipe.scheduler.config
-    pipe.scheduler = Scheduler.from_config(config, solver="heun", schedule="karras")
-    ref = score(generate(pipe, seeds, steps=100, guidance=GUIDANCE), reference)
+    ref = score(reference_samples(pipe, seeds, guidance=GUIDANCE), reference)
     lines = [
         f"mini-sd LCM-LoRA on a {args.style} fine-tune, {args.n} samples (plain prompts), scored "
         f"against the {args.style} digits; {os.cpu_count()} cores, load "

@@ -24,7 +24,7 @@ import torch
 
 from diffspeed.integrations.diffusers import Scheduler
 from diffspeed.models.minisd import data as msd
-from diffspeed.models.minisd.quality import generate, load_pipeline, real_floor, score
+from diffspeed.models.minisd.quality import generate, load_pipeline, real_floor, reference, score
 
 SCREEN = 1_000_000
 SCALES = (1.0, 2.0, 3.0, 4.0, 5.0, 7.5)
@@ -105,8 +105,7 @@ def main() -> None:
 
     report = range(args.n)
     floor = real_floor(args.n)
-    with_solver(pipe, "heun", "karras")
-    ref = score(generate(pipe, report, steps=100, guidance=w_rec))
+    ref = score(reference(pipe, report, guidance=w_rec))
     with_solver(pipe, "ddim", "trailing")
     ddim = score(generate(pipe, report, steps=50, guidance=w_rec))
     emit(f"## Report set ({args.n} samples, w = {w_rec})")

@@ -22,7 +22,7 @@ import torch
 
 from diffspeed.integrations.diffusers import Scheduler
 from diffspeed.models.minisd.lora import GUIDANCE
-from diffspeed.models.minisd.quality import generate, load_pipeline, score
+from diffspeed.models.minisd.quality import generate, load_pipeline, reference, score
 from diffspeed.models.minisd.student import export_pipeline
 
 
@@ -38,8 +38,7 @@ def main() -> None:
     seeds = range(args.n)
     pipe = load_pipeline()
     config = pipe.scheduler.config
-    pipe.scheduler = Scheduler.from_config(config, solver="heun", schedule="karras")
-    ref = score(generate(pipe, seeds, steps=100, guidance=GUIDANCE))
+    ref = score(reference(pipe, seeds, guidance=GUIDANCE))
     lines = [
         f"mini-sd distilled students, {args.n} report samples, {os.cpu_count()} cores, load "
         f"{os.getloadavg()[0]:.2f} at start; reference (Heun 100 Karras, w = {GUIDANCE}) FDD "

@@ -210,3 +210,15 @@ def test_shipped_student_runs_in_a_plain_pipeline(monkeypatch):
         height=32, width=32, output_type="pt", generator=torch.Generator().manual_seed(0),
     ).images  # fmt: skip
     assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(not (mini_sd_path() / "model_index.json").is_file(), reason="not shipped")
+def test_reference_samples_with_heun_karras_and_restores_the_scheduler():
+    from diffspeed.models.minisd.quality import reference
+
+    pipe = load_pipeline()
+    own = pipe.scheduler
+    ref = reference(pipe, [3], guidance=7.5)
+    assert pipe.scheduler is own
+    assert ref.images.shape == (1, 3, 32, 32) and ref.digits.tolist() == [3]
+    assert torch.isfinite(ref.images).all()
