@@ -7,8 +7,9 @@ Configs round-trip JSON: ``to_dict`` writes their fields (tuples as lists), and
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from diffspeed.errors import ConfigError, did_you_mean
 
@@ -55,3 +56,32 @@ def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], what: str | None 
         )
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return cls(**kwargs)
+
+
+class JsonConfig:
+    """``to_dict`` / ``to_json`` / ``from_dict`` for a frozen dataclass config: tuples are JSON
+    lists, unknown keys are refused. ``config_name`` is how error messages name the config."""
+
+    config_name: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-able dict (tuples become lists)."""
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def to_json(self) -> str:
+        """The config as a JSON string."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | str) -> Any:
+        """Build from :meth:`to_dict` output (or its JSON string)."""
+        what = cls.config_name or cls.__name__
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except ValueError as e:
+                raise ConfigError(f"{what} is not valid JSON ({e})") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{what} must be a dict, got {type(data).__name__}")
+        return dataclass_from_dict(cls, data, what)

@@ -19,14 +19,13 @@ What production users switch on first, as one config. Applied **in place** to th
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from diffspeed.compress.quantize import resolve_network
-from diffspeed.configs import dataclass_from_dict
+from diffspeed.configs import JsonConfig
 from diffspeed.errors import ConfigError
 
 #: ``compile`` values: off, or a ``torch.compile`` mode.
@@ -47,7 +46,7 @@ SDPA_KERNELS: dict[str, tuple[str, ...]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Optimize:
+class Optimize(JsonConfig):
     """An optimization recipe (a small frozen dataclass that round-trips JSON).
 
     Attributes:
@@ -59,6 +58,8 @@ class Optimize:
         memory_format: one of :data:`MEMORY_FORMATS`.
         attention: one of :data:`ATTENTION`.
     """
+
+    config_name: ClassVar[str] = "optimize config"
 
     compile: str = "none"
     backend: str = "inductor"
@@ -82,26 +83,6 @@ class Optimize:
     def is_off(self) -> bool:
         """Whether this config changes nothing."""
         return self == Optimize(backend=self.backend, fullgraph=self.fullgraph)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-able dict."""
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        """The config as a JSON string."""
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | str) -> Optimize:
-        """Build from :meth:`to_dict` output (or its JSON); unknown keys are refused."""
-        if isinstance(data, str):
-            try:
-                data = json.loads(data)
-            except ValueError as e:
-                raise ConfigError(f"optimize config is not valid JSON ({e})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"an optimize config is a dict, got {type(data).__name__}")
-        return dataclass_from_dict(cls, data, "optimize config")
 
 
 def _device_of(net: nn.Module) -> torch.device:

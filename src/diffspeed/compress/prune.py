@@ -36,14 +36,14 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from diffspeed.configs import dataclass_from_dict
+from diffspeed.configs import JsonConfig
 from diffspeed.errors import ConfigError, UnsupportedModelError, WeightsError, unknown_name
 
 log = logging.getLogger("diffspeed")
@@ -55,7 +55,7 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
 @dataclass(frozen=True)
-class Prune:
+class Prune(JsonConfig):
     """Settings of :func:`prune`.
 
     Attributes:
@@ -71,6 +71,8 @@ class Prune:
         batches, batch_size: calibration batches per timestep and their size.
         seed: seed of the calibration noise and batch draws.
     """
+
+    config_name: ClassVar[str] = "Prune"
 
     ratio: float = 0.5
     importance: str = "taylor"
@@ -93,17 +95,6 @@ class Prune:
             raise ConfigError("Prune needs timesteps, batches and batch_size >= 1")
         if not 0 <= self.threshold < 1:
             raise ConfigError(f"threshold must be in [0, 1), got {self.threshold}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (round-trips through :meth:`from_dict`)."""
-        d = asdict(self)
-        d["levels"] = None if self.levels is None else list(self.levels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Prune:
-        """Build from :meth:`to_dict` output; unknown keys are refused."""
-        return dataclass_from_dict(cls, d, "Prune")
 
 
 # --- the model's layout ------------------------------------------------------------------

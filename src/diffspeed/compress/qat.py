@@ -17,7 +17,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from diffspeed.compress.quantize import (
     resolve_network,
     weight_scale,
 )
-from diffspeed.configs import dataclass_from_dict
+from diffspeed.configs import JsonConfig
 from diffspeed.errors import ConfigError
 
 #: Weight formats QAT trains for.
@@ -38,7 +38,7 @@ QAT_FORMATS = ("int8_weight", "int4_weight")
 
 
 @dataclasses.dataclass(frozen=True)
-class QAT:
+class QAT(JsonConfig):
     """A quantization-aware fine-tune (a small frozen dataclass that round-trips JSON).
 
     Attributes:
@@ -49,6 +49,8 @@ class QAT:
         seed: seed of every step's randomness.
         keep: layers (names or prefixes) left in full precision, in training and after.
     """
+
+    config_name: ClassVar[str] = "QAT config"
 
     format: str = "int4_weight"
     group_size: int = 32
@@ -73,17 +75,6 @@ class QAT:
     def quantize_config(self) -> Quantize:
         """The :class:`Quantize` recipe the fine-tuned weights are meant for."""
         return Quantize(format=self.format, group_size=self.group_size, keep=self.keep)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-able dict."""
-        d = dataclasses.asdict(self)
-        d["keep"] = list(self.keep)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QAT:
-        """Build from :meth:`to_dict` output; unknown keys are refused."""
-        return dataclass_from_dict(cls, data, "QAT config")
 
 
 class STEQuant(nn.Module):

@@ -27,15 +27,14 @@ calls before every network evaluation (see :mod:`diffspeed.core.steps`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
-from diffspeed.configs import dataclass_from_dict
+from diffspeed.configs import JsonConfig
 from diffspeed.core.contract import network_of
 from diffspeed.core.steps import StepContext, attach_listener, detach_listener
 from diffspeed.errors import ConfigError, UnsupportedModelError
@@ -59,7 +58,7 @@ QUANTIZABLE = (nn.Linear, nn.Conv2d)
 
 
 @dataclasses.dataclass(frozen=True)
-class Quantize:
+class Quantize(JsonConfig):
     """A quantization recipe (a small frozen dataclass that round-trips JSON).
 
     Attributes:
@@ -74,6 +73,8 @@ class Quantize:
         keep_sensitive: also keep this many layers in full precision, the most sensitive ones
             by a measured scan (:func:`diffspeed.compress.calibrate.sensitivity`).
     """
+
+    config_name: ClassVar[str] = "quantize config"
 
     format: str = "none"
     backend: str = "auto"
@@ -114,31 +115,6 @@ class Quantize:
     def weight_bits(self) -> int:
         """Bits per weight (32 for ``none``)."""
         return {"none": 32, "int4_weight": 4}.get(self.format, 8)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-able dict (tuples become lists)."""
-        d = dataclasses.asdict(self)
-        d["keep"] = list(self.keep)
-        return d
-
-    def to_json(self) -> str:
-        """The config as a JSON string."""
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | str) -> Quantize:
-        """Build from :meth:`to_dict` output (or its JSON); unknown keys are refused."""
-        if isinstance(data, str):
-            try:
-                data = json.loads(data)
-            except ValueError as e:
-                raise ConfigError(f"quantize config is not valid JSON ({e})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"a quantize config is a dict, got {type(data).__name__}")
-        d = dict(data)
-        if "keep" in d:
-            d["keep"] = tuple(d["keep"])
-        return dataclass_from_dict(cls, d, "quantize config")
 
 
 # --- integer codes ---------------------------------------------------------------------------
